@@ -1,0 +1,12 @@
+"""tfattn layers: attention, position encodings and Transformer blocks (keras.ops only)."""
+
+from tfattn.layers.functional import SCORES, attention_logits, dot_product_attention, dropout
+from tfattn.layers.masks import (
+    attention_mask_from_padding,
+    causal_mask,
+    merge_masks,
+    padding_mask,
+    window_mask,
+)
+from tfattn.layers.multi_head_attention import MultiHeadAttention
+from tfattn.layers.regularization import MLP, DropPath, LayerScale
