@@ -10,3 +10,10 @@ from tfattn.layers.masks import (
 )
 from tfattn.layers.multi_head_attention import MultiHeadAttention
 from tfattn.layers.regularization import MLP, DropPath, LayerScale
+from tfattn.layers.patch import PatchEmbedding
+from tfattn.layers.position import (
+    PositionEmbedding,
+    RotaryEmbedding,
+    SinePositionEncoding,
+    SinePositionEncoding2D,
+)

@@ -179,7 +179,14 @@ def dot_product_attention(
 
     if use_fused is None:
         use_fused = keras.backend.backend() == "jax"
-    if use_fused and score in _FUSABLE_SCORES and not apply_dropout and not return_weights:
+    fusable = (
+        score in _FUSABLE_SCORES
+        and not apply_dropout
+        and not return_weights
+        # JAX's kernel assumes one head size for query, key and value.
+        and value.shape[-1] == query.shape[-1]
+    )
+    if use_fused and fusable:
         if scale is None:
             scale = 1.0 / math.sqrt(query.shape[-1]) if score == "scaled_dot" else 1.0
         out = ops.dot_product_attention(

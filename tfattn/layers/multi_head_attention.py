@@ -46,7 +46,8 @@ class MultiHeadAttention(keras.layers.Layer):
         value: `(batch, S, dim)`.
         key: optional `(batch, S, dim)`; defaults to `value`.
         query_mask, value_mask, key_mask: optional bool `(batch, T)` / `(batch, S)`;
-            Keras masks attached to the inputs are picked up as well.
+            Keras masks attached to the inputs (e.g. `Embedding(mask_zero=True)`) are
+            filled in by Keras, and the query mask propagates to the output.
         attention_mask: optional bool `(batch, T, S)`, `(T, S)` or `(batch, heads, T, S)`.
         return_attention_scores: also return weights `(batch, heads, T, S)`.
         training: enables attention dropout.
@@ -226,12 +227,6 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         if key is None:
             key = value
-        # Keras masks attached to the inputs (e.g. from Embedding(mask_zero=True)).
-        query_mask = query_mask if query_mask is not None else getattr(query, "_keras_mask", None)
-        value_mask = value_mask if value_mask is not None else getattr(value, "_keras_mask", None)
-        if key is not value:
-            key_mask = key_mask if key_mask is not None else getattr(key, "_keras_mask", None)
-
         out_positions = ops.shape(query)[:-1]
         query = self._flatten_positions(query, "query")
         value = self._flatten_positions(value, "value")
@@ -288,9 +283,6 @@ class MultiHeadAttention(keras.layers.Layer):
         if return_attention_scores:
             return out, weights
         return out
-
-    def compute_mask(self, query, value=None, key=None, query_mask=None, **kwargs):
-        return query_mask if query_mask is not None else getattr(query, "_keras_mask", None)
 
     def get_config(self):
         config = super().get_config()
