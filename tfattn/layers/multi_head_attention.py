@@ -212,6 +212,33 @@ class MultiHeadAttention(keras.layers.Layer):
             bias = ops.transpose(bias, (2, 0, 1))[None]
         return mask, bias
 
+    def _can_fuse_projections(self):
+        return all(
+            not getattr(d, "lora_enabled", False) and getattr(d, "quantization_mode", None) is None
+            for d in (self.query_dense, self.key_dense, self.value_dense)
+        )
+
+    def _project_self_attention(self, x):
+        """Self-attention q, k, v from one matmul with the three kernels side by side.
+
+        Same weights (and weight format) as the three projections, one GEMM instead of
+        three in the forward and backward passes.
+        """
+        denses = (self.query_dense, self.key_dense, self.value_dense)
+        kernel = ops.concatenate([ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in denses], -1)
+        y = ops.matmul(x, ops.cast(kernel, x.dtype))  # (batch, T, heads * (2 key_dim + value_dim))
+        if self.use_bias:
+            bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in denses], 0)
+            y = y + ops.cast(bias, y.dtype)
+        qk_width = self.num_heads * self.key_dim
+        q, k, v = ops.split(y, [qk_width, 2 * qk_width], axis=-1)
+        length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+        v_dim = self.value_dim or self.key_dim
+        return tuple(
+            ops.reshape(t, (-1, length, self.num_heads, size))  # (batch, T, heads, size)
+            for t, size in ((q, self.key_dim), (k, self.key_dim), (v, v_dim))
+        )
+
     def call(
         self,
         query,
@@ -253,9 +280,12 @@ class MultiHeadAttention(keras.layers.Layer):
         window, bias = self._position_terms(ops.shape(query)[1], ops.shape(key)[1])
         mask = merge_masks(mask, window)
 
-        q = self.query_dense(query)  # (batch, T, heads, key_dim)
-        k = self.key_dense(key)  # (batch, S, heads, key_dim)
-        v = self.value_dense(value)  # (batch, S, heads, value_dim)
+        if query is value and key is value and self._can_fuse_projections():
+            q, k, v = self._project_self_attention(query)
+        else:
+            q = self.query_dense(query)  # (batch, T, heads, key_dim)
+            k = self.key_dense(key)  # (batch, S, heads, key_dim)
+            v = self.value_dense(value)  # (batch, S, heads, value_dim)
         scale = None
         if self.score == "cosine":
             scale = ops.exp(ops.minimum(self.logit_scale, math.log(100.0)))[None]
