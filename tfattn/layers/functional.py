@@ -3,6 +3,7 @@
 Layout follows `keras.ops.dot_product_attention`: `(batch, length, heads, dim)`.
 """
 
+import functools
 import math
 
 import keras
@@ -11,6 +12,21 @@ from keras import ops
 SCORES = ("scaled_dot", "dot", "cosine", "additive")
 # Scores whose logits are a plain (scaled) q.k product, which the backend's fused kernel computes.
 _FUSABLE_SCORES = ("scaled_dot", "dot")
+
+
+@functools.cache
+def fused_by_default():
+    """Whether `use_fused=None` picks `keras.ops.dot_product_attention`.
+
+    Only on JAX with a GPU/TPU (cuDNN / flash kernels). On CPU the fused call was slower
+    than the explicit path (JAX CPU: 0.55x at length 1024, `benchmarks/attention_jax.py`),
+    and TensorFlow has no flash kernel (keras-hub#2014 reports it slower than einsum).
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() in ("gpu", "tpu")
 
 
 def check_score(score):
@@ -163,8 +179,7 @@ def dot_product_attention(
         return_weights: also return the weights `(batch, heads, q_len, k_len)`.
         use_fused: use `keras.ops.dot_product_attention` (cuDNN/flash kernels on GPU) when
             the call is eligible (scaled_dot/dot, no dropout, no returned weights).
-            `None` picks it on the JAX backend, where it was as fast or faster in
-            `benchmarks/attention.py`; on TensorFlow the explicit path is used.
+            `None` picks it only on JAX with a GPU/TPU (see `fused_by_default`).
 
     Returns:
         `(batch, q_len, heads, value_dim)`, and the weights if `return_weights`.
@@ -178,7 +193,7 @@ def dot_product_attention(
         raise ValueError("`seed_generator` is required when `dropout_rate` > 0 and training.")
 
     if use_fused is None:
-        use_fused = keras.backend.backend() == "jax"
+        use_fused = fused_by_default()
     fusable = (
         score in _FUSABLE_SCORES
         and not apply_dropout
