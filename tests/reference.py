@@ -1,6 +1,8 @@
 """Independent NumPy float64 references for the attention numerics tests."""
 
 import numpy as np
+from keras import ops
+from scipy.special import erf
 
 
 def softmax(x, axis=-1):
@@ -50,4 +52,36 @@ def attention(q, k, v, mask=None, score="scaled_dot", scale=None, bias=None, add
     else:
         w = softmax(logits)
     out = np.einsum("bhqk,bkhd->bqhd", w, v)
+    return out, w
+
+
+# --- layer references computed from a layer's own weights -------------------------------
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x), np.float64)
+
+
+
+def ref_layer_norm(norm, x):
+    x = np.asarray(x, np.float64)
+    mu = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + norm.epsilon) * _np(norm.gamma) + _np(norm.beta)
+
+
+def ref_mlp(mlp, x):
+    h = x @ _np(mlp.fc1.kernel) + _np(mlp.fc1.bias)
+    h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU
+    return h @ _np(mlp.fc2.kernel) + _np(mlp.fc2.bias)
+
+
+def ref_mha(mha, query, value, mask=None):
+    """`tfattn.layers.MultiHeadAttention` in float64; mask (batch, Tq, Tk) -> (out, weights)."""
+    q = np.einsum("btd,dhk->bthk", query, _np(mha.query_dense.kernel)) + _np(mha.query_dense.bias)
+    k = np.einsum("btd,dhk->bthk", value, _np(mha.key_dense.kernel)) + _np(mha.key_dense.bias)
+    v = np.einsum("btd,dhk->bthk", value, _np(mha.value_dense.kernel)) + _np(mha.value_dense.bias)
+    with np.errstate(invalid="ignore"):  # fully masked rows: the reference maps NaN to 0
+        out, w = attention(q, k, v, mask)
+    out = np.einsum("bthk,hko->bto", out, _np(mha.output_dense.kernel)) + _np(mha.output_dense.bias)
     return out, w

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from tests.contract import check_layer_contract
-from tests.layers.test_transformer import ref_layer_norm, ref_mha, ref_mlp
+from tests.reference import ref_layer_norm, ref_mha, ref_mlp
 from tfattn.layers.pooling import AttentionPooling
 
 RNG = np.random.default_rng(0)

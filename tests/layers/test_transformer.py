@@ -4,10 +4,9 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from scipy.special import erf
 
 from tests.contract import check_layer_contract
-from tests.reference import attention as ref_attention
+from tests.reference import ref_layer_norm, ref_mha, ref_mlp
 from tfattn.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
 
 RNG = np.random.default_rng(0)
@@ -32,33 +31,6 @@ def _randomize_weights(layer, scale=0.5):
         w.assign(
             RNG.normal(size=w.shape).astype("float32") * scale + (1.0 if "gamma" in w.path else 0.0)
         )
-
-
-# --- float64 NumPy references (used by test_pooling.py too) ------------------------------
-
-
-def ref_layer_norm(norm, x):
-    x = np.asarray(x, np.float64)
-    mu = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + norm.epsilon) * _np(norm.gamma) + _np(norm.beta)
-
-
-def ref_mlp(mlp, x):
-    h = x @ _np(mlp.fc1.kernel) + _np(mlp.fc1.bias)
-    h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU
-    return h @ _np(mlp.fc2.kernel) + _np(mlp.fc2.bias)
-
-
-def ref_mha(mha, query, value, mask=None):
-    """`tfattn.layers.MultiHeadAttention` in float64; mask (batch, Tq, Tk) -> (out, weights)."""
-    q = np.einsum("btd,dhk->bthk", query, _np(mha.query_dense.kernel)) + _np(mha.query_dense.bias)
-    k = np.einsum("btd,dhk->bthk", value, _np(mha.key_dense.kernel)) + _np(mha.key_dense.bias)
-    v = np.einsum("btd,dhk->bthk", value, _np(mha.value_dense.kernel)) + _np(mha.value_dense.bias)
-    with np.errstate(invalid="ignore"):  # fully masked rows: the reference maps NaN to 0
-        out, w = ref_attention(q, k, v, mask)
-    out = np.einsum("bthk,hko->bto", out, _np(mha.output_dense.kernel)) + _np(mha.output_dense.bias)
-    return out, w
 
 
 def _ref_residual(block, x, branch_fn, norm, layer_scale):
