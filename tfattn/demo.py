@@ -2,9 +2,10 @@
 
     python -m tfattn.demo --workdir runs/demo
 
-Trains in about a minute on 2 CPU cores (expect ~95% test accuracy), logs to TensorBoard,
-writes attention heatmaps (PNG) and exports a SavedModel. It is the `make demo` target
-until the ViT app lands; it only uses public tfattn layers.
+Trains in about a minute on 2 CPU cores (expect ~95% test accuracy) under the auto-selected
+`tf.distribute` strategy, logs scalars and attention maps to TensorBoard, writes attention
+heatmaps (PNG) and exports a verified SavedModel for TF Serving (a new version per run).
+It is the `make demo` target until the ViT app lands; it uses only public tfattn APIs.
 """
 
 import argparse
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfattn import training
 from tfattn.layers import (
     AttentionPooling,
     PatchEmbedding,
@@ -69,19 +71,27 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
 
     x_train, x_test, y_train, y_test = load_digits_split(args.seed)
-    model, attention_model = build_model()
-    steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=3e-3, warmup_steps=steps // 10)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    strategy = training.resolve_strategy("auto")
+    with strategy.scope():
+        model, attention_model = build_model()
+        steps_per_epoch = int(np.ceil(0.9 * len(x_train) / args.batch_size))
+        schedule = training.warmup_cosine(3e-3, args.epochs, steps_per_epoch, warmup_epochs=args.epochs / 10)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
     tb_dir = os.path.join(args.workdir, "tensorboard")
+    callbacks = training.standard_callbacks(args.workdir, config=vars(args), monitor="val_accuracy", mode="max")
+    callbacks.append(
+        training.AttentionMapCallback(
+            x_test[:8], attention_model, os.path.join(tb_dir, "images"), grid_size=(4, 4), num_prefix_tokens=0
+        )
+    )
     start = time.time()
     model.fit(
         x_train, y_train, validation_split=0.1, epochs=args.epochs, batch_size=args.batch_size,
-        callbacks=[keras.callbacks.TensorBoard(tb_dir)], verbose=2,
+        callbacks=callbacks, verbose=2,
     )
     train_seconds = time.time() - start
     _, test_acc = model.evaluate(x_test, y_test, verbose=0)
@@ -99,8 +109,14 @@ def main(argv=None):
     rollout_png = os.path.join(args.workdir, "attention_rollout.png")
     plt.imsave(rollout_png, np.concatenate(list(overlays), axis=1))  # 8 digits side by side
 
-    export_dir = os.path.join(args.workdir, "export", "digits_vit", "1")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
+    export_root = os.path.join(args.workdir, "export")
+    model_dir = os.path.join(export_root, "digits_vit")
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()] if os.path.isdir(model_dir) else []
+    exported = training.export_for_serving(
+        model, export_root, "digits_vit", max(versions, default=0) + 1,
+        output_names=["logits"], verify_inputs={"image": x_test[:4]},
+    )
+    export_dir = exported["path"]
     summary = {
         "test_accuracy": float(test_acc),
         "train_seconds": round(train_seconds, 1),
@@ -113,7 +129,11 @@ def main(argv=None):
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))
     print(f"\nTest accuracy: {test_acc:.4f}")
-    print(f"TensorBoard:   tensorboard --logdir {tb_dir}")
+    print(f"TensorBoard:   .venv/bin/tensorboard --logdir {tb_dir}")
+    print(
+        "TF Serving:    docker run -p 8501:8501 "
+        f"-v \"{os.path.abspath(model_dir)}:/models/digits_vit\" -e MODEL_NAME=digits_vit tensorflow/serving"
+    )
     return summary
 
 

@@ -1,0 +1,241 @@
+import dataclasses
+import json
+import os
+from typing import Literal, Optional
+
+import pytest
+
+from tfattn.training.config import (
+    build_parser,
+    check_value,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_config,
+    parse_value,
+    write_config,
+)
+
+
+@dataclasses.dataclass
+class Config:
+    """Toy app config."""
+
+    image_size: int = 28
+    grid: tuple[int, int] = (4, 4)
+    sizes: tuple[int, ...] = (8, 16)
+    names: list[str] = dataclasses.field(default_factory=lambda: ["a", "b"])
+    learning_rate: float = 1e-3
+    run_name: str = "base"
+    jit_compile: bool = False
+    max_steps: int | None = None
+    strategy: Literal["auto", "default", "mirrored"] = "auto"
+
+
+PRESETS = {
+    "tiny": {"image_size": 8, "grid": [2, 2], "run_name": "tiny"},
+    "fast": {"learning_rate": 1e-2},
+}
+
+
+def _error(capsys, argv, presets=PRESETS):
+    with pytest.raises(SystemExit) as info:
+        parse_config(Config, argv, presets=presets)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_defaults_without_arguments():
+    assert parse_config(Config, []) == Config()
+
+
+def test_cli_types_from_annotations():
+    cfg = parse_config(
+        Config,
+        [
+            "--image_size", "32",
+            "--grid", "3,5",
+            "--sizes", "28",
+            "--names", "x,y,z",
+            "--learning_rate", "3e-4",
+            "--run_name", "exp 1",
+            "--jit_compile", "true",
+            "--max_steps", "100",
+            "--strategy", "mirrored",
+        ],
+    )  # fmt: skip
+    assert cfg == Config(
+        image_size=32,
+        grid=(3, 5),
+        sizes=(28,),
+        names=["x", "y", "z"],
+        learning_rate=3e-4,
+        run_name="exp 1",
+        jit_compile=True,
+        max_steps=100,
+        strategy="mirrored",
+    )
+    assert isinstance(cfg.learning_rate, float) and isinstance(cfg.image_size, int)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("false", False), ("0", False), ("yes", True), ("True", True)]
+)
+def test_bool_flag_values(text, expected):
+    assert parse_config(Config, ["--jit_compile", text]).jit_compile is expected
+
+
+def test_optional_none_and_empty_tuple():
+    cfg = parse_config(Config, ["--max_steps", "none", "--sizes", "", "--grid=1,2"])
+    assert cfg.max_steps is None and cfg.sizes == () and cfg.grid == (1, 2)
+
+
+def test_precedence_defaults_preset_file_cli(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"run_name": "from_file", "learning_rate": 0.5}))
+    cfg = parse_config(
+        Config,
+        ["--preset", "tiny", "--config", str(path), "--learning_rate", "0.25"],
+        presets=PRESETS,
+    )
+    assert cfg.image_size == 8 and cfg.grid == (2, 2)  # preset over defaults
+    assert cfg.run_name == "from_file"  # file over preset
+    assert cfg.learning_rate == 0.25  # CLI over file
+    assert cfg.strategy == "auto"  # untouched default
+
+
+def test_help_lists_fields_types_and_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(Config, ["--help"], presets=PRESETS)
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in [
+        "--image_size",
+        "int (default: 28)",
+        "--grid",
+        "2 comma-separated ints (default: 4,4)",
+        "comma-separated strs (default: a,b)",
+        "float (default: 0.001)",
+        "bool (default: False)",
+        "int or none (default: None)",
+        "one of auto/default/mirrored (default: auto)",
+        "tiny, fast",
+        "--config",
+    ]:
+        assert text in out, text
+
+
+def test_unknown_preset_lists_presets(capsys):
+    err = _error(capsys, ["--preset", "huge"])
+    assert "unknown preset 'huge'" in err and "tiny, fast" in err
+
+
+def test_unknown_field_named_with_suggestion(capsys):
+    err = _error(capsys, ["--image_sise", "3"])
+    assert "'image_sise'" in err and "did you mean 'image_size'" in err
+
+
+def test_abbreviated_flag_is_not_accepted(capsys):
+    err = _error(capsys, ["--learning", "0.1"])
+    assert "unknown field(s) 'learning'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--image_size", "3.5"], "--image_size: expected int; got '3.5'"),
+        (["--learning_rate", "fast"], "--learning_rate: expected float; got 'fast'"),
+        (["--jit_compile", "maybe"], "--jit_compile: expected bool; got 'maybe'"),
+        (["--grid", "4"], "--grid: expected 2 comma-separated ints; got '4'"),
+        (["--sizes", "4,x"], "--sizes: expected comma-separated ints; got '4,x'"),
+        (["--strategy", "tpu9"], "--strategy: expected one of auto/default/mirrored"),
+        (["--max_steps", "many"], "--max_steps: expected int or none; got 'many'"),
+    ],
+)
+def test_wrong_type_names_field_and_type(capsys, argv, message):
+    assert message in _error(capsys, argv)
+
+
+def test_config_file_unknown_key_and_wrong_type(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"image_size": 8, "batchsize": 3}))
+    err = _error(capsys, ["--config", str(path)])
+    assert str(path) in err and "'batchsize'" in err
+
+    path.write_text(json.dumps({"image_size": "8"}))
+    err = _error(capsys, ["--config", str(path)])
+    assert "field 'image_size' expected int; got '8'" in err and str(path) in err
+
+    path.write_text("{not json")
+    assert "is not valid JSON" in _error(capsys, ["--config", str(path)])
+    assert "does not exist" in _error(capsys, ["--config", str(tmp_path / "missing.json")])
+
+
+def test_bad_preset_values_are_checked(capsys):
+    err = _error(capsys, ["--preset", "bad"], presets={"bad": {"grid": [1, 2, 3]}})
+    assert "preset 'bad'" in err and "field 'grid'" in err
+
+
+def test_post_init_error_is_reported(capsys):
+    @dataclasses.dataclass
+    class Checked:
+        hidden_dim: int = 8
+
+        def __post_init__(self):
+            if self.hidden_dim <= 0:
+                raise ValueError(f"hidden_dim must be positive; got {self.hidden_dim}")
+
+    with pytest.raises(SystemExit):
+        parse_config(Checked, ["--hidden_dim", "-1"])
+    assert "hidden_dim must be positive; got -1" in capsys.readouterr().err
+
+
+def test_non_exiting_api():
+    assert config_from_dict(Config, {"grid": [1, 1]}).grid == (1, 1)
+    assert config_from_dict(Config, {"learning_rate": 1}).learning_rate == 1.0
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'gird' \(did you mean 'grid'\?\)"):
+        config_from_dict(Config, {"gird": [1, 1]})
+    with pytest.raises(ValueError, match="field 'jit_compile' expected bool; got 1"):
+        config_from_dict(Config, {"jit_compile": 1})
+    with pytest.raises(ValueError, match="field 'image_size' expected int; got True"):
+        check_value("image_size", int, True)
+    with pytest.raises(ValueError, match="--grid: expected 2 comma-separated ints"):
+        parse_value("grid", tuple[int, int], "1,2,3")
+    assert parse_value("seed", Optional[int], "null") is None  # noqa: UP045
+    assert parse_value("seed", Optional[int], "7") == 7  # noqa: UP045
+
+
+def test_write_config_round_trip(tmp_path):
+    cfg = parse_config(Config, ["--preset", "tiny", "--names", "p,q"], presets=PRESETS)
+    path = write_config(cfg, tmp_path / "work" / "run1")
+    assert path == os.path.join(tmp_path, "work", "run1", "config.json")
+    data = json.loads(open(path).read())
+    assert data == config_to_dict(cfg)
+    assert data["grid"] == [2, 2] and data["max_steps"] is None
+    assert load_config(Config, path) == cfg
+    assert parse_config(Config, ["--config", path]) == cfg
+    assert sorted(os.listdir(os.path.dirname(path))) == ["config.json"]  # no temp files left
+
+
+def test_write_config_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"workdir '.*a_file/run' is not writable"):
+        write_config(Config(), blocker / "run")
+
+
+def test_unsupported_field_type_and_reserved_name():
+    @dataclasses.dataclass
+    class BadType:
+        mapping: dict = dataclasses.field(default_factory=dict)
+
+    @dataclasses.dataclass
+    class Reserved:
+        config: str = "x"
+
+    with pytest.raises(TypeError, match="field 'mapping' has unsupported type"):
+        build_parser(BadType)
+    with pytest.raises(TypeError, match="'config' clashes with the --config flag"):
+        build_parser(Reserved)
+    with pytest.raises(TypeError, match="must be a dataclass type"):
+        parse_config(dict, [])

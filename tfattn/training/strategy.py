@@ -1,0 +1,365 @@
+"""tf.distribute strategies for `model.fit`: selection, TF_CONFIG, batches, precision.
+
+Apps build the strategy first and create the model, optimizer and metrics inside its
+scope; `model.fit` stays the trainer:
+
+    strategy = resolve_strategy(config.strategy)
+    set_precision(config.precision)
+    batch_size = global_batch_size(config.batch_size, strategy)
+    dataset = dataset.batch(batch_size).with_options(dataset_options())
+    with strategy.scope():
+        model = build_model(config)
+        model.compile(..., jit_compile=resolve_jit_compile(config.jit_compile))
+    enable_multi_worker_fit(model)  # no-op unless the strategy is multi-worker
+    model.fit(dataset, ...)
+    with worker_dir(workdir, strategy) as out:  # the chief writes to workdir
+        model.save(os.path.join(out, "model.keras"))
+"""
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = (None, "float32", "mixed_float16", "mixed_bfloat16")
+TASK_TYPES = ("chief", "worker", "evaluator")
+
+
+class TPUNotFoundError(RuntimeError):
+    """Raised by `resolve_strategy("tpu")` when no TPU cluster resolves."""
+
+
+def resolve_strategy(name="auto", tpu=None):
+    """Returns the `tf.distribute.Strategy` named by `--strategy`.
+
+    Args:
+        name: one of `STRATEGIES`. "auto" picks a TPU if one resolves, "mirrored" with
+            more than one GPU, "one_device" with one GPU, else "default" (CPU).
+            "mirrored" uses all GPUs, or all logical CPUs when there is no GPU.
+            "multi_worker" reads the cluster from `TF_CONFIG` (see `parse_tf_config`).
+        tpu: TPU name or address for `TPUClusterResolver`; None reads it from the
+            environment (`TPU_NAME`, Cloud TPU VM metadata).
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: unknown `name`, or a malformed `TF_CONFIG` for "multi_worker".
+        TPUNotFoundError: `name="tpu"` and no TPU resolves.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; expected one of: {', '.join(STRATEGIES)}.")
+    if name == "auto":
+        try:
+            return _tpu_strategy(tpu)
+        except TPUNotFoundError as e:
+            logger.info("strategy=auto: %s Falling back to GPU/CPU.", e)
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        if len(gpus) == 1:
+            return tf.distribute.OneDeviceStrategy(gpus[0].name)
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker":
+        parse_tf_config()  # fail with a clear message before TF parses it
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy(tpu)
+
+
+def _tpu_strategy(tpu):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TPUNotFoundError(
+            f"No TPU found for strategy='tpu' (tpu={tpu!r}): {first_line}. Run on a TPU VM, "
+            "set TPU_NAME, or pass the TPU name/address; use --strategy auto to fall "
+            "back to GPU/CPU."
+        ) from e
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def parse_tf_config(env=None):
+    """Reads and validates `TF_CONFIG` for multi-worker training.
+
+    Expected form (one entry per process; `task` says which one this process is):
+    `{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker",
+    "index": 0}}`. A "chief" list is optional; parameter servers are not supported.
+
+    Args:
+        env: mapping to read `TF_CONFIG` from; defaults to `os.environ`.
+
+    Returns:
+        The parsed dict, with `task["index"]` as int.
+
+    Raises:
+        ValueError: `TF_CONFIG` unset, not JSON, or inconsistent; the message names
+            the field.
+    """
+    env = os.environ if env is None else env
+    raw = env.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "TF_CONFIG is not set; multi-worker training needs it, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}.'
+        )
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}.") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object; got {type(config).__name__}.")
+    for key in ("cluster", "task"):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"TF_CONFIG must have a {key!r} object; got {config.get(key)!r}.")
+    cluster, task = config["cluster"], config["task"]
+    if "ps" in cluster:
+        raise ValueError(
+            "TF_CONFIG cluster has 'ps' tasks; parameter-server training is not supported, "
+            "use 'chief'/'worker' tasks for MultiWorkerMirroredStrategy."
+        )
+    if not ("worker" in cluster or "chief" in cluster):
+        raise ValueError(f"TF_CONFIG cluster needs a 'worker' or 'chief' list; got {cluster!r}.")
+    for task_type, addresses in cluster.items():
+        if task_type not in TASK_TYPES:
+            raise ValueError(
+                f"TF_CONFIG cluster has unknown task type {task_type!r}; expected one of "
+                f"{', '.join(TASK_TYPES)}."
+            )
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(
+                f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list of 'host:port'; "
+                f"got {addresses!r}."
+            )
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not isinstance(address, str) or not host or not port.isdigit():
+                raise ValueError(
+                    f"TF_CONFIG cluster[{task_type!r}] has address {address!r}; "
+                    "expected 'host:port'."
+                )
+    task_type, index = task.get("type"), task.get("index")
+    if task_type not in cluster:
+        raise ValueError(
+            f"TF_CONFIG task type {task_type!r} is not in the cluster ({', '.join(cluster)})."
+        )
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError(f"TF_CONFIG task index must be an int; got {index!r}.")
+    if not 0 <= index < len(cluster[task_type]):
+        raise ValueError(
+            f"TF_CONFIG task index {index} is out of range for {task_type!r} with "
+            f"{len(cluster[task_type])} address(es)."
+        )
+    return config
+
+
+def is_chief(strategy=None):
+    """True if this process should write checkpoints, exports and TensorBoard logs.
+
+    Single-process strategies are always chief. Under multi-worker training the chief
+    is task "chief", or "worker" 0 when the cluster has no chief.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None:  # local (single-worker) MultiWorkerMirroredStrategy
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def worker_dir(workdir, strategy=None):
+    """Yields the directory this process writes checkpoints/exports/logs to.
+
+    The chief gets `workdir` (created if needed). Other workers must still run the same
+    save code (saving can involve collectives), so they get a fresh temporary directory
+    that is deleted on exit. Only the chief's files remain.
+    """
+    if is_chief(strategy):
+        os.makedirs(workdir, exist_ok=True)
+        yield workdir
+        return
+    tmp = tempfile.mkdtemp(prefix="tfattn_worker_")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def global_batch_size(per_replica_batch, strategy=None):
+    """Per-replica batch × replicas in sync: the batch size to give `dataset.batch`."""
+    if (
+        isinstance(per_replica_batch, bool)
+        or not isinstance(per_replica_batch, int)
+        or per_replica_batch < 1
+    ):
+        raise ValueError(f"`per_replica_batch` must be a positive int; got {per_replica_batch!r}.")
+    strategy = strategy or tf.distribute.get_strategy()
+    return per_replica_batch * strategy.num_replicas_in_sync
+
+
+def dataset_options(file_based=False):
+    """`tf.data.Options` with the auto-shard policy for multi-worker input.
+
+    DATA (the default here): every worker reads the whole dataset and keeps its share
+    of each global batch. Right for in-memory or tensor-sliced data and for few files;
+    with `fit` every worker sees the same global batches as single-process training.
+    FILE (`file_based=True`): each worker reads a disjoint subset of the files
+    (TFRecord shards); needs at least as many files as workers, and the global batches
+    then differ from single-process training. Apply with `dataset.with_options(...)`
+    before `fit`; single-process strategies ignore it.
+    """
+    policy = tf.data.experimental.AutoShardPolicy
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy.FILE if file_based else policy.DATA
+    return options
+
+
+def set_precision(policy=None):
+    """Sets the global Keras dtype policy: None/"float32", "mixed_float16", "mixed_bfloat16".
+
+    Call it before building the model. With "mixed_float16", `model.compile` wraps the
+    optimizer in a `LossScaleOptimizer` itself. Returns the policy name.
+    """
+    if policy not in PRECISIONS:
+        raise ValueError(
+            f"Unknown precision {policy!r}; expected None, 'float32', 'mixed_float16' or "
+            "'mixed_bfloat16'."
+        )
+    name = policy or "float32"
+    keras.config.set_dtype_policy(name)
+    return name
+
+
+def resolve_jit_compile(jit_compile=None):
+    """Maps a config's `jit_compile` field to `model.compile(jit_compile=...)`.
+
+    None or "auto" → "auto" (Keras decides: XLA on GPU/TPU, not on CPU); True/False
+    pass through. Config files and CLIs may give the strings "true"/"false".
+    """
+    if jit_compile is None or jit_compile == "auto":
+        return "auto"
+    if isinstance(jit_compile, bool):
+        return jit_compile
+    if isinstance(jit_compile, str) and jit_compile.lower() in ("true", "false"):
+        return jit_compile.lower() == "true"
+    raise ValueError(f"`jit_compile` must be True, False, 'auto' or None; got {jit_compile!r}.")
+
+
+def enable_multi_worker_fit(model):
+    """Makes `model.fit`/`evaluate` work under `MultiWorkerMirroredStrategy`; returns `model`.
+
+    Keras 3's `fit` fails under multi-worker strategies (keras-team/keras#20585,
+    tensorflow#72388; reproduced with Keras 3.15.1 / TF 2.21 in
+    tests/training/test_multi_worker.py): (1) before training, `fit` all-reduces a
+    nested data batch only to read its shapes, which `MultiWorkerMirroredStrategy.reduce`
+    cannot do ("Attempt to convert a value (PerReplica...)"); (2) each step reduces the
+    scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars.
+
+    This replaces three methods on this model instance (not on the class): the symbolic
+    build reads shapes from this worker's first replica batch (no collective), and
+    `make_train_function` / `make_test_function` run `train_step`/`test_step` with
+    `strategy.run` and average the logs across workers with
+    `strategy.reduce("MEAN", v, axis=None)`. Gradients are all-reduced by the optimizer
+    as usual, so training matches single-process training on the same global batches
+    (tested: two workers vs one process). `predict` is unchanged. `steps_per_execution`
+    is honoured, one tf.function call per step. No-op unless the model was created under
+    a `MultiWorkerMirroredStrategy` scope; call it after `compile`.
+    """
+    strategy = model.distribute_strategy
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
+        raise RuntimeError(
+            f"enable_multi_worker_fit was written for Keras 3.x <= 3.15 and this Keras "
+            f"({keras.__version__}) has no Trainer._maybe_symbolic_build; check whether "
+            "keras-team/keras#20585 is fixed and drop the workaround."
+        )
+    if getattr(model, "_tfattn_multi_worker_fit", False):
+        return model
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = next(it)
+                break
+        # Only shapes and dtypes are needed: take this worker's first replica.
+        data_batch = tf.nest.map_structure(
+            lambda v: (
+                strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v
+            ),
+            data_batch,
+        )
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def make_function(step_function):
+        def one_step_on_data(data):
+            outputs = strategy.run(step_function, args=(data,))
+            # Logs are per-worker running means over equal batches: their mean across
+            # workers is the global value.
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), outputs)
+
+        if not model.run_eagerly:
+            one_step_on_data = tf.function(
+                one_step_on_data, reduce_retracing=True, jit_compile=model.jit_compile
+            )
+
+        def function(iterator):
+            outputs = None
+            for _ in range(model.steps_per_execution):
+                # All workers agree on whether a next batch exists (the distributed
+                # iterator synchronises this), so none is left waiting in a collective.
+                optional = iterator.get_next_as_optional()
+                if not bool(optional.has_value()):
+                    break
+                outputs = one_step_on_data(optional.get_value())
+            if outputs is None:
+                raise StopIteration
+            return outputs
+
+        return function
+
+    def make_train_function(force=False):
+        if model.train_function is None or force:
+            model.train_function = make_function(model.train_step)
+        return model.train_function
+
+    def make_test_function(force=False):
+        if model.test_function is None or force:
+            model.test_function = make_function(model.test_step)
+        return model.test_function
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    model.make_train_function = make_train_function
+    model.make_test_function = make_test_function
+    model.train_function = None
+    model.test_function = None
+    model._tfattn_multi_worker_fit = True
+    return model
