@@ -143,9 +143,17 @@ def main(argv=None):
         def on_train_batch_end(self, batch, logs=None):
             step_losses.append(float(logs["loss"]))
 
+    callbacks = [RecordStepLoss()]
+    if args.workdir:
+        # The runtime's callbacks under the patched fit: only the chief may write
+        # TensorBoard logs and checkpoints; every worker keeps its own backup.
+        from tfattn.training.callbacks import standard_callbacks
+
+        chief = strategy_lib.is_chief(strategy)
+        callbacks += standard_callbacks(args.workdir, chief=chief, monitor="loss")
     fit_data = {"x": x, "y": y, "batch_size": GLOBAL_BATCH} if args.numpy else {"x": dataset}
     history = model.fit(
-        **fit_data, epochs=args.epochs, shuffle=False, verbose=0, callbacks=[RecordStepLoss()]
+        **fit_data, epochs=args.epochs, shuffle=False, verbose=0, callbacks=callbacks
     )
 
     eval_logs = model.evaluate(dataset, verbose=0, return_dict=True)
@@ -154,6 +162,10 @@ def main(argv=None):
         with strategy_lib.worker_dir(args.workdir, strategy) as write_dir:
             with open(os.path.join(write_dir, "marker.txt"), "w") as f:
                 f.write(f"task={os.environ.get('TF_CONFIG', '')}\n")
+        if strategy_lib.is_chief(strategy):
+            from tfattn.training.export import export_for_serving
+
+            export_for_serving(model, os.path.join(args.workdir, "export"), "mw", 1, save_keras=False)
     result = {
         "num_replicas": strategy.num_replicas_in_sync,
         "is_chief": strategy_lib.is_chief(strategy),

@@ -71,8 +71,16 @@ def test_two_workers_fit_matches_single_process(tmp_path):
     # The model learned something: the loss went down.
     assert single["step_losses"][-1] < single["step_losses"][0] - 0.1
 
-    # Chief-only writes: only worker 0's marker is in the workdir.
-    assert os.listdir(workdir) == ["marker.txt"]
+    # Chief-only writes: only worker 0's marker, TensorBoard logs, best checkpoint and
+    # export are in the workdir; worker 1's backup folder is cleaned up after fit.
+    entries = set(os.listdir(workdir)) - {"backup_workers"}
+    assert entries == {"marker.txt", "tensorboard", "checkpoints", "export"}, entries
+    backups = os.path.join(workdir, "backup_workers")
+    assert not os.path.isdir(backups) or not os.listdir(backups), os.listdir(backups)
+    assert os.path.isfile(os.path.join(workdir, "checkpoints", "best.keras"))
+    train_events = os.listdir(os.path.join(workdir, "tensorboard", "train"))
+    assert len(train_events) == 1 and train_events[0].startswith("events.out.tfevents"), train_events
+    assert os.path.isfile(os.path.join(workdir, "export", "mw", "1", "saved_model.pb"))
     with open(os.path.join(workdir, "marker.txt")) as f:
         assert '"index": 0' in f.read()
 
