@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 JAX_TESTS := tests/layers tests/test_visualize.py
 PYTEST_ARGS ?=
 
-.PHONY: install test test-tf test-jax test-notebooks demo bench lint clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install data test test-tf test-jax test-notebooks demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +19,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Real offline data from Debian packages (root + apt); otherwise loaders fall back to TFDS.
+data:
+	@test -f $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+	    || echo "could not install dataset-fashion-mnist: Fashion-MNIST will come from TFDS"; \
+	  else echo "not root or no apt-get: Fashion-MNIST will come from TFDS"; fi; }
+
 test: test-tf test-jax test-notebooks
 
-test-tf: $(STAMP)
+test-tf: $(STAMP) data
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests
 
 test-jax: $(STAMP)
@@ -29,7 +40,7 @@ test-jax: $(STAMP)
 test-notebooks: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --nbmake $(PYTEST_ARGS) notebooks
 
-demo: $(STAMP)
+demo: $(STAMP) data
 	$(PY) -m tfattn.demo --workdir runs/demo
 
 bench: $(STAMP)
