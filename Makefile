@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test test-tf test-jax test-notebooks demo bench lint clean
+.PHONY: install data test test-tf test-jax test-notebooks demo demo-layers bench bench-vit lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,21 +31,31 @@ data:
 test: test-tf test-jax test-notebooks
 
 test-tf: $(STAMP) data
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS) tests
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --durations=5 $(PYTEST_ARGS) $(JAX_TESTS)
 
 # Notebooks run top to bottom in a fresh kernel (quick settings).
-test-notebooks: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --nbmake $(PYTEST_ARGS) notebooks
+test-notebooks: $(STAMP) data
+	TFATTN_QUICK=1 KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --nbmake $(PYTEST_ARGS) notebooks
 
+# The ViT app's tiny preset on real Fashion-MNIST: trains, logs to TensorBoard, exports.
 demo: $(STAMP) data
-	$(PY) -m tfattn.demo --workdir runs/demo
+	$(PY) -m apps.vit.train --preset tiny --workdir runs/demo
+
+# The layer demo (tiny ViT on scikit-learn digits, attention heatmap PNGs).
+demo-layers: $(STAMP)
+	$(PY) -m tfattn.demo --workdir runs/demo_layers
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py --out benchmarks/results/attention.json
 	KERAS_BACKEND=jax $(PY) benchmarks/attention_jax.py --out benchmarks/results/attention_jax.json
+	$(MAKE) bench-vit
+
+# ViT throughput vs keras-hub (minutes); `--quality` adds the 2 x 30-minute accuracy runs.
+bench-vit: $(STAMP) data
+	$(PY) benchmarks/vit.py --out benchmarks/results/vit.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check tfattn apps tests benchmarks

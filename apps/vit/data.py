@@ -13,14 +13,21 @@ The validation split always comes from the training split, never from test.
     train_ds = make_pipeline(data.x_train, data.y_train, 128, training=True,
                              num_classes=data.num_classes, augment=Augment(pad=2),
                              mean=mean, std=std)
+
+Is the pipeline fast enough? `benchmark_pipeline(train_ds)` gives its images/s on its own,
+`InputWaitCallback` the share of each training step spent waiting for input.
 """
 
 import dataclasses
 import gzip
 import logging
+import math
 import os
 import struct
+import threading
+import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -513,6 +520,58 @@ def random_pad_crop(images, pad, seed):
     return tf.gather(out, cols, axis=2, batch_dims=1)  # (batch, H, W, C)
 
 
+RESIZED_CROP_ATTEMPTS = 10  # candidate boxes per image, as torchvision
+
+
+def random_resized_crop(images, scale, ratio, seed):
+    """Inception-style random resized crop, resized back to the input size.
+
+    Each image gets a box whose area is a fraction of the image drawn uniformly from
+    `scale` and whose aspect ratio (width / height, in pixels) is drawn log-uniformly from
+    `ratio`, placed uniformly at random, then resized bilinearly to (H, W) in one batched
+    `tf.image.crop_and_resize`. As torchvision, the first of 10 candidate boxes that fits
+    inside the image is used, and the whole image when none does. Boxes are not rounded
+    to whole pixels.
+
+    Args:
+        images: float (batch, H, W, C).
+        scale: (min, max) area fraction, within (0, 1].
+        ratio: (min, max) aspect ratio, both > 0.
+        seed: stateless seed (2,).
+
+    Returns:
+        float (batch, H, W, C) of the same dtype.
+
+    Reference:
+        Szegedy et al., "Going deeper with convolutions", CVPR 2015.
+    """
+    shape = tf.shape(images)
+    batch = shape[0]
+    size = images.shape[1:3] if images.shape[1:3].is_fully_defined() else shape[1:3]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    candidates = (batch, RESIZED_CROP_ATTEMPTS)
+    area = tf.random.stateless_uniform(candidates, seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform(
+        candidates, seeds[1], math.log(ratio[0]), math.log(ratio[1])
+    )
+    aspect = tf.exp(log_ratio)
+    # Box sides as fractions of the image sides: (h H) (w W) = area H W, (w W) / (h H) = aspect.
+    box_h = tf.sqrt(area * width / (aspect * height))  # (batch, attempts)
+    box_w = tf.sqrt(area * aspect * height / width)
+    fits = (box_h <= 1.0) & (box_w <= 1.0)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)  # (batch,)
+    any_fits = tf.reduce_any(fits, axis=1)
+    box_h = tf.where(any_fits, tf.gather(box_h, first, batch_dims=1), 1.0)  # (batch,)
+    box_w = tf.where(any_fits, tf.gather(box_w, first, batch_dims=1), 1.0)
+    corner = tf.random.stateless_uniform((batch, 2), seeds[2])
+    top = corner[:, 0] * (1.0 - box_h)
+    left = corner[:, 1] * (1.0 - box_w)
+    boxes = tf.stack([top, left, top + box_h, left + box_w], axis=1)  # (batch, 4) normalised
+    out = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)  # (batch, H, W, C)
+    return tf.cast(out, images.dtype)
+
+
 def random_flip(images, seed):
     """Flips each image left-right with probability 1/2."""
     flip = tf.random.stateless_uniform((tf.shape(images)[0],), seed) < 0.5
@@ -585,35 +644,136 @@ def smooth_labels(labels, smoothing):
     return labels * (1.0 - smoothing) + smoothing / classes
 
 
+def randaugment_layer(num_ops, magnitude, seed=None):
+    """Keras's `RandAugment` set up for this pipeline's float images in [0, 1].
+
+    Works inside `tf.data.Dataset.map` under any Keras backend (Keras preprocessing layers
+    switch to TensorFlow ops in a tf.data graph). Grey images need no conversion: all its
+    ops accept one channel, and colour degeneration is the identity on grey.
+
+    Args:
+        num_ops: ops applied to each image in turn.
+        magnitude: Keras's `factor`, in [0, 1] (see `Augment.randaugment_magnitude`).
+        seed: int seed of the layer's own random state.
+
+    Returns:
+        A `keras.layers.RandAugment` to call on float (batch, H, W, C) images with
+        `training=True`.
+    """
+    # float32 and channels_last whatever the global dtype policy (mixed precision) and
+    # image data format are: these are pipeline images, not model activations.
+    return keras.layers.RandAugment(
+        value_range=(0.0, 1.0),
+        num_ops=num_ops,
+        factor=magnitude,
+        seed=seed,
+        data_format="channels_last",
+        dtype="float32",
+    )
+
+
+def _check_range(name, value, high=None):
+    """(min, max) with 0 < min <= max (<= high); as a tuple, since JSON configs give lists."""
+    try:
+        low, top = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = top = math.nan
+    if not (0 < low <= top and (high is None or top <= high)):
+        bound = "" if high is None else f" <= {high}"
+        raise ValueError(
+            f"Augment.{name} must be (min, max) with 0 < min <= max{bound}, got {value!r}"
+        )
+    return (low, top)
+
+
 @dataclasses.dataclass
 class Augment:
     """Training-time augmentation settings for `make_pipeline`.
 
+    Each training batch goes through: crop (random resized crop, or pad-and-crop) → flip →
+    RandAugment → mixup or CutMix → label smoothing.
+
     Args:
         pad: pixels of zero padding before the random crop (0 turns it off; 2–4 is usual).
+        random_resized_crop: Inception-style random resized crop (`random_resized_crop`)
+            instead of the pad-and-crop, which is then skipped. The usual crop for
+            ImageNet-scale ViTs; too strong for 28x28 digits or clothes.
+        crop_scale: (min, max) share of the image area a crop covers, within (0, 1].
+            (0.08, 1) is the Inception/torchvision default; a larger minimum is gentler.
+        crop_ratio: (min, max) aspect ratio (width / height) of a crop, both > 0, sampled
+            log-uniformly.
         flip: random horizontal flips; leave off for digits-like data.
+        randaugment_layers: RandAugment ops applied to each image (Keras's `num_ops`;
+            0 turns it off; 2 is usual).
+        randaugment_magnitude: Keras's RandAugment `factor`, in [0, 1]. It is not the
+            paper's M out of 10 or 30: each op draws its strength per image uniformly from
+            [0, magnitude] times its full range, e.g. rotations of up to magnitude x 360
+            degrees and translations of up to magnitude x the image side, both in one
+            direction only (shear is symmetric, brightness and contrast only increase).
+            So 0.1 already allows 36-degree rotations; timm's rand-m9 rotates up to 27.
         mixup_alpha: Beta parameter of mixup; 0 turns it off.
         cutmix_alpha: Beta parameter of CutMix; 0 turns it off. With both on, each batch
             uses one of them with probability 1/2.
         label_smoothing: label smoothing factor for training batches.
+
+    Raises:
+        ValueError naming the field when a value is out of range.
+
+    Reference:
+        Cubuk et al., "RandAugment: Practical automated data augmentation with a reduced
+        search space", CVPR Workshops 2020.
     """
 
     pad: int = 4
+    random_resized_crop: bool = False
+    crop_scale: tuple = (0.35, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
     flip: bool = False
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 0.5
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        self.crop_scale = _check_range("crop_scale", self.crop_scale, high=1)
+        self.crop_ratio = _check_range("crop_ratio", self.crop_ratio)
+        layers = self.randaugment_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(
+                f"Augment.randaugment_layers must be an int >= 0 (0 turns RandAugment off), "
+                f"got {layers!r}"
+            )
+        if not 0 <= self.randaugment_magnitude <= 1:
+            raise ValueError(
+                "Augment.randaugment_magnitude must be in [0, 1] (Keras's RandAugment "
+                f"factor), got {self.randaugment_magnitude!r}"
+            )
+        for name in ("pad", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(
+                f"Augment.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"
+            )
 
     @property
     def soft_labels(self):
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0
 
 
-def _augment_batch(images, labels, augment, seed):
+def _augment_batch(images, labels, augment, seed, randaugment=None):
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    images = random_pad_crop(images, augment.pad, seeds[0])
+    if augment.random_resized_crop:
+        images = random_resized_crop(images, augment.crop_scale, augment.crop_ratio, seeds[0])
+    else:
+        images = random_pad_crop(images, augment.pad, seeds[0])
     if augment.flip:
         images = random_flip(images, seeds[1])
+    if randaugment is not None:
+        # Keras draws the ops once per batch (all images get the same ops, each with its own
+        # strength), where the paper draws them per image.
+        images = randaugment(images, training=True)
     if augment.mixup_alpha > 0 and augment.cutmix_alpha > 0:
         use_mixup = tf.random.stateless_uniform((), seeds[2]) < 0.5
         images, labels = tf.cond(
@@ -651,7 +811,7 @@ def make_pipeline(
 
     Images come out float32: scaled to [0, 1], then `(x - mean) / std` per channel when
     `mean` and `std` are given (see `compute_mean_std`, on the same [0, 1] scale).
-    Augmentation runs before normalisation, so padding is black.
+    Augmentation runs before normalisation (on [0, 1] images), so padding is black.
 
     Args:
         x: uint8 images (N, H, W, C).
@@ -664,7 +824,9 @@ def make_pipeline(
         mean, std: per-channel normalisation; None keeps [0, 1].
         one_hot: float one-hot labels instead of int; defaults to `augment.soft_labels`.
             Pass the same `augment` to the evaluation pipeline so label formats match.
-        seed: seed of shuffling and augmentation.
+        seed: seed of shuffling and augmentation. Batches are reproducible for a given
+            seed except with RandAugment: Keras's layer keeps its own random state, which
+            the parallel map's calls advance in whichever order they run.
 
     Returns:
         tf.data.Dataset of `(images (batch, H, W, C) float32, labels)`, labels int32
@@ -702,9 +864,14 @@ def make_pipeline(
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment is not None:
+        randaugment = None
+        if augment.randaugment_layers > 0:
+            randaugment = randaugment_layer(
+                augment.randaugment_layers, augment.randaugment_magnitude, seed
+            )
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: _augment_batch(*batch, augment, s),
+            lambda batch, s: _augment_batch(*batch, augment, s, randaugment),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if mean is not None:
@@ -712,3 +879,181 @@ def make_pipeline(
         std_t = tf.constant(np.asarray(std, np.float32))
         ds = ds.map(lambda i, lab: ((i - mean_t) / std_t, lab), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- measurement
+# Is training input-bound? Two numbers answer it: the pipeline's own throughput
+# (`benchmark_pipeline`) and the share of each training step spent waiting for a batch
+# (`InputWaitCallback`). The pipeline is not the bottleneck when its images/s is well above
+# the training images/s (it shares the CPU with the training step, so aim for 2x) and the
+# wait fraction is small (< ~5%).
+
+
+def benchmark_pipeline(dataset, steps=50, warmup=5):
+    """Throughput of a batched tf.data pipeline on its own, without a model.
+
+    Iterates `warmup` batches untimed (filling shuffle and prefetch buffers), then times
+    `steps` batches, repeating the dataset when it is shorter.
+
+    Args:
+        dataset: yields batches whose first component has the batch on its first axis.
+        steps: batches timed.
+        warmup: batches read before timing.
+
+    Returns:
+        dict with "steps", "seconds", "batches_per_s" and "images_per_s". Compare
+        "images_per_s" with the training images/s (`InputWaitCallback.summary()`).
+
+    Example:
+        benchmark_pipeline(make_pipeline(x, y, 128, True, augment=Augment()))
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    iterator = iter(dataset.repeat())
+    try:
+        for _ in range(warmup):
+            next(iterator)
+        images = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            images += int(tf.shape(tf.nest.flatten(next(iterator))[0])[0])
+        seconds = time.perf_counter() - start
+    except StopIteration:
+        raise ValueError("benchmark_pipeline: the dataset yields no batches") from None
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "batches_per_s": steps / seconds,
+        "images_per_s": images / seconds,
+    }
+
+
+class InputWaitCallback(keras.callbacks.Callback):
+    """Measures the share of training step time `fit` spends waiting for input batches.
+
+    Keras 3 (TensorFlow and JAX backends) fetches each batch inside the train step, so
+    callback times alone cannot separate input from compute. `wrap(dataset)` makes the
+    dataset time each fetch itself: it stamps (`tf.timestamp`) when the training loop asks
+    for a batch and when the batch arrives. A step's wait is the sum of the fetch times
+    inside it; its step time is `on_train_batch_begin` to `on_train_batch_end` on the host.
+    The first `warmup` steps of `fit` (tracing, compilation, filling buffers) are left out.
+
+    At each epoch end `logs["input_wait_fraction"]` holds that epoch's fraction (NaN when
+    all its steps were warm-up), so it reaches History and TensorBoard (put this callback
+    before TensorBoard in the list). Without `wrap` there is nothing to measure: the waits
+    are NaN and a warning says so at the end of `fit`.
+
+    Reading it: a fraction below ~5% means the model step, not the input, sets the pace;
+    above, compare `benchmark_pipeline(dataset)["images_per_s"]` with
+    `summary()["images_per_s"]` and speed up the pipeline (more cores, lighter augmentation,
+    `cache()` after deterministic work) or give the step more work per batch.
+
+    Caveats: with `steps_per_execution > 1` batch callbacks fire once per execution, so a
+    "step" here is one execution of several batches (waits of all its batches are summed).
+    Under a tf.distribute strategy that prefetches to devices, fetches happen on a
+    background thread and the wait is that of the host pipeline, not of the step. Creating
+    the dataset iterator at each epoch start (about a second with RandAugment's large graph)
+    is not counted as wait; under JAX it lands in the first step's time. The `wrap` stage
+    runs one small Python function per batch. Wrap the training dataset only.
+
+    Args:
+        warmup: training steps at the start of `fit` that are not counted.
+
+    Example:
+        input_wait = InputWaitCallback()
+        model.fit(input_wait.wrap(train_ds), epochs=3, callbacks=[input_wait, tensorboard])
+        input_wait.summary()  # {"steps", "mean_step_ms", "mean_wait_ms", "fraction",
+                              #  "images_per_s"}
+    """
+
+    def __init__(self, warmup=5):
+        super().__init__()
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        self.warmup = warmup
+        self._lock = threading.Lock()
+        self._fetches = []  # (wait seconds, images) of fetches since the last step ended
+        self._reset()
+
+    def _reset(self):
+        self._seen_steps = 0
+        self._step_s, self._wait_s, self._images = [], [], []  # per measured step
+        self._epoch_start = 0
+
+    def wrap(self, dataset):
+        """`dataset` with each batch's fetch time recorded for this callback; same elements."""
+        # Zip pulls from its inputs in order: the first stamp is taken when the consumer
+        # asks for a batch, the second (in the map) once the batch has arrived.
+        asked = tf.data.Dataset.from_tensors(0).repeat().map(lambda _: tf.timestamp())
+        return tf.data.Dataset.zip((asked, dataset)).map(self._stamp)
+
+    def _stamp(self, asked, batch):
+        wait = tf.timestamp() - asked
+        images = tf.shape(tf.nest.flatten(batch)[0])[0]
+        done = tf.py_function(self._record, [wait, images], tf.int32)
+        with tf.control_dependencies([done]):
+            return tf.nest.map_structure(tf.identity, batch)
+
+    def _record(self, wait, images):
+        with self._lock:
+            self._fetches.append((float(wait), int(images)))
+        return 0
+
+    def _take_fetches(self):
+        with self._lock:
+            fetches, self._fetches = self._fetches, []
+        return fetches
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+        self._take_fetches()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = len(self._step_s)
+        self._take_fetches()  # anything fetched outside training steps
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step_s = time.perf_counter() - self._begin
+        fetches = self._take_fetches()
+        self._seen_steps += 1
+        if self._seen_steps <= self.warmup:
+            return
+        self._step_s.append(step_s)
+        self._wait_s.append(sum(w for w, _ in fetches))
+        self._images.append(sum(n for _, n in fetches))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["input_wait_fraction"] = self._fraction(self._epoch_start)
+
+    def on_train_end(self, logs=None):
+        if self._step_s and not sum(self._images):
+            logger.warning(
+                "InputWaitCallback saw no batches from a wrapped dataset, so it reports NaN "
+                "waits: fit on input_wait.wrap(train_ds) instead of train_ds"
+            )
+
+    def _fraction(self, start=0):
+        # No fetches recorded: the dataset was not wrapped; NaN rather than a false 0.
+        if not sum(self._images[start:]):
+            return math.nan
+        return sum(self._wait_s[start:]) / sum(self._step_s[start:])
+
+    @property
+    def input_wait_fraction(self):
+        """Share of measured step time spent waiting for input; NaN before any."""
+        return self._fraction()
+
+    def summary(self):
+        """Steps measured, mean step and wait ms, wait fraction and training images/s."""
+        steps, step_s, images = len(self._step_s), sum(self._step_s), sum(self._images)
+        return {
+            "steps": steps,
+            "mean_step_ms": 1000 * step_s / steps if steps else math.nan,
+            "mean_wait_ms": 1000 * sum(self._wait_s) / steps if images else math.nan,
+            "fraction": self.input_wait_fraction,
+            "images_per_s": images / step_s if images else math.nan,
+        }

@@ -102,6 +102,29 @@ def test_fused_path_equals_explicit_path(score):
             np.testing.assert_allclose(_np(a), _np(b), atol=2e-5)
 
 
+def test_fused_path_with_tensor_scale_equals_explicit_path():
+    q, _, v = _qkv(tk=TQ)
+    scales = {
+        "per head": np.array([0.3, 2.0], "float32").reshape(1, H, 1, 1),
+        "per batch and query": RNG.uniform(0.5, 2.0, size=(B, 1, TQ, 1)).astype("float32"),
+        "scalar tensor": np.array(0.7, "float32"),
+        # Varies along keys: cannot be folded into the query, takes the explicit path.
+        "per key": RNG.uniform(0.5, 2.0, size=(1, 1, 1, TQ)).astype("float32"),
+    }
+    for name, scale in scales.items():
+        for mask in [None, _masks(TQ, TQ)["padding"]]:
+            for score in ("scaled_dot", "dot"):
+                a = dot_product_attention(q, q, v, mask=mask, score=score, scale=scale, use_fused=True)
+                b = dot_product_attention(q, q, v, mask=mask, score=score, scale=scale, use_fused=False)
+                np.testing.assert_allclose(_np(a), _np(b), atol=2e-5, err_msg=f"{name}/{score}")
+    # The explicit path against the float64 reference, one head at a time (scalar scales).
+    _, w = dot_product_attention(q, q, v, scale=scales["per head"], return_weights=True)
+    for h, head_scale in enumerate((0.3, 2.0)):
+        sl = slice(h, h + 1)
+        _, ref_w = ref_attention(q[:, :, sl], q[:, :, sl], v[:, :, sl], scale=head_scale)
+        np.testing.assert_allclose(_np(w)[:, sl], ref_w, atol=2e-5)
+
+
 def test_dropout_is_inverted_and_seeded():
     q, k, v = _qkv()
     v = np.ones_like(v)
@@ -241,6 +264,8 @@ def test_image_shaped_inputs_attend_over_all_positions():
         dict(num_heads=2, key_dim=4, dropout=0.1, score="dot"),
         dict(num_heads=2, key_dim=4, score="cosine", window_size=2, use_relative_position_bias=True),
         dict(num_heads=1, key_dim=3, score="additive", value_dim=2, output_shape=6),
+        dict(num_heads=2, key_dim=4, learned_scale=True, exclude_self=True),
+        dict(num_heads=2, key_dim=4, score="dot", learned_scale=True, window_size=1),
     ],
 )
 def test_layer_contract(kwargs):
@@ -258,6 +283,16 @@ def test_layer_contract_causal():
     check_layer_contract(
         MultiHeadAttention, dict(num_heads=2, key_dim=4), [x, x], call_kwargs={"use_causal_mask": True},
         mixed_precision=False, run_fit=False,
+    )
+
+
+def test_layer_contract_locality_self_attention_fused():
+    x = RNG.normal(size=(4, 6, 8)).astype("float32")
+    check_layer_contract(
+        MultiHeadAttention,
+        dict(num_heads=2, key_dim=4, learned_scale=True, exclude_self=True, use_fused=True),
+        [x, x],
+        expected_output_shape=(4, 6, 8),
     )
 
 
@@ -298,3 +333,108 @@ def test_constructor_and_call_errors():
         MultiHeadAttention(2, 4)(x, y, attention_mask=np.ones((7,), bool))
     with pytest.raises(ValueError, match="rank >= 3"):
         MultiHeadAttention(2, 4)(x[:, 0], x[:, 0])
+    for score in ("cosine", "additive"):
+        with pytest.raises(
+            ValueError,
+            match=f"`learned_scale=True` supports score 'scaled_dot' or 'dot'; got score='{score}'",
+        ):
+            MultiHeadAttention(2, 4, score=score, learned_scale=True)
+    with pytest.raises(ValueError, match="`exclude_self` needs equal query and key lengths"):
+        MultiHeadAttention(2, 4, exclude_self=True)(x, y)
+
+
+# --- Locality Self-Attention (learned_scale, exclude_self) ---------------------------------
+
+
+def _copy_weights_by_name(src, dst):
+    """Assigns each of `src`'s weights to the `dst` weight with the same path below the layer."""
+    dst_weights = {w.path.split("/", 1)[1]: w for w in dst.weights}
+    for w in src.weights:
+        dst_weights[w.path.split("/", 1)[1]].assign(w)
+
+
+@pytest.mark.parametrize("score, initial", [("scaled_dot", 0.5), ("dot", 1.0)])
+def test_learned_scale_starts_at_the_fixed_scale(score, initial):
+    x = RNG.normal(size=(3, 6, 8)).astype("float32")
+    y = RNG.normal(size=(3, 9, 8)).astype("float32")
+    fixed = MultiHeadAttention(2, 4, score=score, use_fused=False)
+    learned = MultiHeadAttention(2, 4, score=score, learned_scale=True, use_fused=False)
+    learned_fused = MultiHeadAttention(2, 4, score=score, learned_scale=True, use_fused=True)
+    for layer in (fixed, learned, learned_fused):
+        layer(x, y)
+    assert not hasattr(fixed, "logit_scale")
+    np.testing.assert_array_equal(_np(learned.logit_scale), np.full((2, 1, 1), initial, "float32"))
+    _copy_weights_by_name(fixed, learned)
+    _copy_weights_by_name(fixed, learned_fused)
+    for case in [dict(query=x, value=y), dict(query=x, value=x, use_causal_mask=True)]:
+        a, wa = fixed(**case, return_attention_scores=True)
+        b, wb = learned(**case, return_attention_scores=True)
+        np.testing.assert_allclose(_np(b), _np(a), atol=1e-5)
+        np.testing.assert_allclose(_np(wb), _np(wa), atol=1e-6)
+        np.testing.assert_allclose(_np(learned_fused(**case)), _np(a), atol=1e-5)
+
+
+def test_learned_scale_multiplies_each_heads_logits():
+    x = RNG.normal(size=(2, 5, 8)).astype("float32")
+    layer = MultiHeadAttention(2, 4, learned_scale=True)
+    layer(x, x)
+    layer.logit_scale.assign(np.array([0.1, 3.0], "float32").reshape(2, 1, 1))
+    _, w = layer(x, x, return_attention_scores=True)
+    q = np.einsum("btd,dhk->bthk", x, _np(layer.query_dense.kernel)) + _np(layer.query_dense.bias)
+    k = np.einsum("btd,dhk->bthk", x, _np(layer.key_dense.kernel)) + _np(layer.key_dense.bias)
+    for h, head_scale in enumerate((0.1, 3.0)):
+        sl = slice(h, h + 1)
+        _, ref_w = ref_attention(q[:, :, sl], k[:, :, sl], k[:, :, sl], scale=head_scale)
+        np.testing.assert_allclose(_np(w)[:, sl], ref_w, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_fused", [False, True])
+def test_learned_scale_is_trained(use_fused):
+    x = RNG.normal(size=(4, 6, 8)).astype("float32")
+    target = RNG.normal(size=(4, 6, 8)).astype("float32")
+    inputs = keras.Input((6, 8))
+    layer = MultiHeadAttention(2, 4, learned_scale=True, exclude_self=True, use_fused=use_fused)
+    model = keras.Model(inputs, layer(inputs, inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = _np(layer.logit_scale).copy()
+    model.fit(x, target, epochs=1, batch_size=4, verbose=0)
+    assert np.all(_np(layer.logit_scale) != before), "every head's scale gets a gradient"
+
+
+def test_exclude_self_zeroes_the_diagonal_and_rows_stay_normalised():
+    x = RNG.normal(size=(2, 6, 8)).astype("float32")
+    value_mask = np.arange(6)[None] < np.array([[6], [4]])
+    layer = MultiHeadAttention(2, 4, exclude_self=True)
+    _, w = layer(x, x, value_mask=value_mask, return_attention_scores=True)
+    w = _np(w)
+    allowed = ~np.eye(6, dtype=bool)[None, None] & value_mask[:, None, None, :]
+    allowed = np.broadcast_to(allowed, w.shape)
+    assert np.all(np.diagonal(w, axis1=-2, axis2=-1) == 0.0)
+    assert np.all(w[~allowed] == 0.0) and np.all(w[allowed] > 0.0)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+    # Merged with a window: only the two neighbours remain.
+    _, w = MultiHeadAttention(2, 4, exclude_self=True, window_size=1)(
+        x, x, return_attention_scores=True
+    )
+    neighbours = np.abs(np.arange(6)[None] - np.arange(6)[:, None]) == 1
+    w = _np(w)
+    assert np.all(w[..., ~neighbours] == 0.0) and np.all(w[..., neighbours] > 0.0)
+
+
+def test_exclude_self_equals_an_explicit_mask_on_every_path():
+    x = RNG.normal(size=(3, 6, 8)).astype("float32")
+    base = MultiHeadAttention(2, 4, use_fused=False)
+    base(x, x)
+    not_self = ~np.eye(6, dtype=bool)
+    expected = _np(base(x, x, attention_mask=not_self, use_causal_mask=False))
+    for use_fused in (False, True):
+        layer = MultiHeadAttention(2, 4, exclude_self=True, use_fused=use_fused)
+        layer(x, x)
+        layer.set_weights(base.get_weights())
+        np.testing.assert_allclose(_np(layer(x, x)), expected, atol=1e-5, err_msg=str(use_fused))
+    # With the causal mask query 0 has no key left: a zero row, not NaN.
+    layer = MultiHeadAttention(2, 4, exclude_self=True)
+    _, w = layer(x, x, use_causal_mask=True, return_attention_scores=True)
+    w = _np(w)
+    assert np.all(np.isfinite(w)) and np.all(w[:, :, 0] == 0.0)
+    np.testing.assert_allclose(w[:, :, 1:].sum(-1), 1.0, atol=1e-6)

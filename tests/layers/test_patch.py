@@ -1,4 +1,5 @@
-"""PatchEmbedding: NumPy reference, token order, class token, image sizes, contract, errors."""
+"""PatchEmbedding and ShiftedPatchEmbedding: NumPy references, token order, shift directions,
+class token, image sizes, contract, errors."""
 
 import keras
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from keras import ops
 
 from tests.contract import check_layer_contract
-from tfattn.layers.patch import PatchEmbedding
+from tfattn.layers.patch import PatchEmbedding, ShiftedPatchEmbedding, shifted_patches
 
 RNG = np.random.default_rng(0)
 
@@ -121,3 +122,164 @@ def test_errors():
         PatchEmbedding(hidden_dim=4, patch_size=4)(keras.Input((6, 8, 3)))  # symbolic, static size
     with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
         PatchEmbedding(hidden_dim=4, patch_size=2)(np.zeros((4, 4, 3), "float32"))
+
+
+# --- ShiftedPatchEmbedding ------------------------------------------------------------------
+
+
+def _shift_numpy(images, dy, dx):
+    """out[:, y, x] = images[:, y - dy, x - dx], zero where that falls outside the image."""
+    _, h, w, _ = images.shape
+    out = np.zeros_like(images)
+    for y in range(h):
+        for x in range(w):
+            if 0 <= y - dy < h and 0 <= x - dx < w:
+                out[:, y, x] = images[:, y - dy, x - dx]
+    return out
+
+
+def _shifted_patches_numpy(images, ph, pw):
+    """float64 SPT features: [image, down-right, down-left, up-right, up-left] by half a patch."""
+    sy, sx = ph // 2, pw // 2
+    shifts = [(0, 0), (sy, sx), (sy, -sx), (-sy, sx), (-sy, -sx)]
+    stacked = np.concatenate([_shift_numpy(images, dy, dx) for dy, dx in shifts], axis=-1)
+    identity = np.eye(ph * pw * stacked.shape[-1])  # the raw flattened patches
+    return _patches_numpy(stacked, identity, 0.0, ph, pw)
+
+
+def _ref_layer_norm(x, gamma, beta, eps):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
+def _ref_shifted_embedding(layer, images):
+    ph, pw = layer.patch_size
+    features = _shifted_patches_numpy(images.astype(np.float64), ph, pw)
+    gamma, beta = (_np(w).astype(np.float64) for w in layer.norm.weights)
+    kernel, bias = (_np(w).astype(np.float64) for w in layer.projection.weights)
+    return _ref_layer_norm(features, gamma, beta, layer.layer_norm_epsilon) @ kernel + bias
+
+
+def _randomize(layer, scale=0.2):
+    """Non-trivial weights everywhere (LayerNorm gamma/beta included), so the reference bites."""
+    for w in layer.weights:
+        noise = RNG.normal(size=w.shape).astype("float32") * scale
+        w.assign(noise + (1.0 if "gamma" in w.path else 0.0))
+
+
+@pytest.mark.parametrize("patch_size", [4, (2, 4), (3, 2)])
+def test_shifted_matches_numpy_reference(patch_size):
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    images = _images(2, 12, 8, 2)
+    layer = ShiftedPatchEmbedding(hidden_dim=5, patch_size=patch_size, layer_norm_epsilon=1e-3)
+    layer.build(images.shape)
+    _randomize(layer)
+    assert tuple(layer.projection.kernel.shape) == (ph * pw * 5 * 2, 5)
+    out = _np(layer(images))
+    assert out.shape == (2, (12 // ph) * (8 // pw), 5)
+    np.testing.assert_allclose(out, _ref_shifted_embedding(layer, images), atol=1e-5, rtol=1e-5)
+    # The pre-norm features alone match too (no LayerNorm rescaling to hide differences).
+    np.testing.assert_allclose(
+        _np(shifted_patches(images, patch_size)),
+        _shifted_patches_numpy(images, ph, pw),
+        atol=0,
+    )
+
+
+def _channel_groups(features, image_shape, ph, pw):
+    """SPT features (1, num_patches, ph * pw * 5) of a 1-channel image -> 5 images (5, h, w)."""
+    h, w = image_shape
+    x = features.reshape(h // ph, w // pw, ph, pw, 5).transpose(4, 0, 2, 1, 3)
+    return x.reshape(5, h, w)
+
+
+def test_shift_directions_with_a_single_bright_pixel():
+    # Patch (2, 4): content moves by half a patch, 1 row and 2 columns.
+    image = np.zeros((1, 4, 8, 1), "float32")
+    image[0, 1, 3, 0] = 1.0
+    groups = _channel_groups(_np(shifted_patches(image, (2, 4))), (4, 8), 2, 4)
+    # unshifted, down-right, down-left, up-right, up-left (the official channel order)
+    expected = [(1, 3), (2, 5), (2, 1), (0, 5), (0, 1)]
+    for g, (y, x) in enumerate(expected):
+        want = np.zeros((4, 8), "float32")
+        want[y, x] = 1.0
+        np.testing.assert_array_equal(groups[g], want, err_msg=f"channel group {g}")
+    # At the top-left corner only "down-right" keeps the pixel: zero fill, no wrap-around.
+    image = np.zeros((1, 4, 8, 1), "float32")
+    image[0, 0, 0, 0] = 1.0
+    groups = _channel_groups(_np(shifted_patches(image, (2, 4))), (4, 8), 2, 4)
+    assert groups[0, 0, 0] == 1.0 and groups[1, 1, 2] == 1.0
+    assert groups[0].sum() == 1.0 and groups[1].sum() == 1.0
+    np.testing.assert_array_equal(groups[2:], 0.0)
+
+
+def test_shifted_class_token_comes_first():
+    images = _images(3, 4, 4, 2)
+    layer = ShiftedPatchEmbedding(hidden_dim=6, patch_size=2, use_class_token=True)
+    layer.build(images.shape)
+    _randomize(layer)
+    token = _np(layer.class_token)
+    out = _np(layer(images))
+    assert out.shape == (3, 1 + 4, 6)
+    for b in range(3):
+        np.testing.assert_allclose(out[b, 0], token[0, 0], atol=0)
+    np.testing.assert_allclose(
+        out[:, 1:], _ref_shifted_embedding(layer, images), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_shifted_any_divisible_image_size_with_unknown_static_size():
+    layer = ShiftedPatchEmbedding(hidden_dim=4, patch_size=(2, 4), use_class_token=True)
+    inputs = keras.Input((None, None, 3))
+    outputs = layer(inputs)
+    assert tuple(outputs.shape) == (None, None, 4)
+    model = keras.Model(inputs, outputs)
+    for h, w in [(4, 8), (6, 16)]:
+        images = _images(2, h, w, 3)
+        out = model.predict(images, verbose=0)
+        assert out.shape == (2, 1 + (h // 2) * (w // 4), 4)
+        np.testing.assert_allclose(out, _np(layer(images)), atol=1e-5)
+        assert layer.grid_size((h, w)) == (h // 2, w // 4)
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, shape, expected",
+    [
+        ({"hidden_dim": 6, "patch_size": 2}, (2, 4, 6, 3), (2, 6, 6)),
+        (
+            {
+                "hidden_dim": 4,
+                "patch_size": (2, 3),
+                "use_class_token": True,
+                "layer_norm_epsilon": 1e-5,
+                "kernel_initializer": "he_normal",
+            },
+            (2, 4, 6, 1),
+            (2, 5, 4),
+        ),
+    ],
+)
+def test_shifted_contract(init_kwargs, shape, expected):
+    check_layer_contract(
+        ShiftedPatchEmbedding, init_kwargs, _images(*shape), expected_output_shape=expected
+    )
+
+
+def test_shifted_errors():
+    with pytest.raises(ValueError, match="`hidden_dim` must be a positive int"):
+        ShiftedPatchEmbedding(hidden_dim=0, patch_size=2)
+    with pytest.raises(ValueError, match="`patch_size` must be a positive int or a pair"):
+        ShiftedPatchEmbedding(hidden_dim=4, patch_size=(2, 0))
+    layer = ShiftedPatchEmbedding(hidden_dim=4, patch_size=4)
+    with pytest.raises(ValueError, match=r"image size \(10, 6\) and patch_size \(4, 4\)"):
+        layer.grid_size((10, 6))
+    with pytest.raises(
+        ValueError, match=r"ShiftedPatchEmbedding needs .* image size \(8, 10\) and patch_size \(4, 4\)"
+    ):
+        layer(np.zeros((1, 8, 10, 3), "float32"))
+    with pytest.raises(ValueError, match=r"image size \(6, 8\) and patch_size \(4, 4\)"):
+        ShiftedPatchEmbedding(hidden_dim=4, patch_size=4)(keras.Input((6, 8, 3)))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
+        ShiftedPatchEmbedding(hidden_dim=4, patch_size=2)(np.zeros((4, 4, 3), "float32"))
+    with pytest.raises(ValueError, match=r"shifted_patches needs .* image size \(4, 5\)"):
+        shifted_patches(np.zeros((1, 4, 5, 1), "float32"), 2)

@@ -244,6 +244,18 @@ def test_position_embedding_call_grid_size_argument():
     np.testing.assert_allclose(out[0], _np(layer.interpolate(new_grid_size=(3, 4))), atol=0)
 
 
+def test_position_embedding_grid_size_argument_with_unknown_token_count():
+    # A functional model with an unknown static token count (as a retraced tf.function
+    # with relaxed shapes sees it) still resizes to the grid given at call time.
+    layer = _built(dim=2, grid_size=(2, 2), num_prefix_tokens=1)
+    tokens = keras.Input((None, 2))
+    model = keras.Model(tokens, layer(tokens, grid_size=(3, 4)))
+    out = _np(model(np.zeros((2, 1 + 12, 2), "float32")))
+    np.testing.assert_allclose(out[1], _np(layer.interpolate(new_grid_size=(3, 4))), atol=0)
+    with pytest.raises(ValueError, match="grid_size=\\(3, 4\\)"):
+        layer(np.zeros((1, 1 + 9, 2), "float32"), grid_size=(3, 4))
+
+
 def test_position_embedding_independent_of_batch_size():
     layer = _built(dim=3, grid_size=(2, 2), num_prefix_tokens=1)
     one = _np(layer(np.zeros((1, 10, 3), "float32")))

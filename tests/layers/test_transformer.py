@@ -266,6 +266,19 @@ def test_pre_norm_with_tiny_layer_scale_is_near_identity_and_post_norm_normalise
     np.testing.assert_allclose(y.std(-1), 1.0, atol=1e-3)
 
 
+def test_encoder_locality_self_attention_reaches_the_attention_layer():
+    block = TransformerEncoderBlock(HEADS, 16, learned_scale=True, exclude_self=True)
+    _, w = block(_normal(B, T, D), return_attention_scores=True)
+    w = _np(w)
+    assert np.all(np.diagonal(w, axis1=-2, axis2=-1) == 0.0)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    initial = 1.0 / np.sqrt(D // HEADS)  # key_dim defaults to hidden_dim // num_heads
+    np.testing.assert_allclose(_np(block.self_attention.logit_scale), initial, rtol=1e-6)
+    default = TransformerEncoderBlock(HEADS, 16)
+    default(_normal(B, T, D))
+    assert not hasattr(default.self_attention, "logit_scale")
+
+
 def test_key_dim_defaults_to_hidden_over_heads_and_can_differ():
     block = TransformerEncoderBlock(4, 16)
     block(_normal(B, T, D))
@@ -306,6 +319,10 @@ def test_key_dim_defaults_to_hidden_over_heads_and_can_differ():
                 activation="relu",
             ),
             {"use_causal_mask": True},
+        ),
+        (
+            dict(num_heads=2, intermediate_dim=16, learned_scale=True, exclude_self=True),
+            {"return_attention_scores": True},
         ),
     ],
 )
@@ -384,6 +401,8 @@ def test_constructor_errors(cls):
 def test_encoder_build_and_call_errors():
     with pytest.raises(ValueError, match="max_relative_position"):
         TransformerEncoderBlock(2, 16, use_relative_position_bias=True)
+    with pytest.raises(ValueError, match="`learned_scale=True` supports score 'scaled_dot' or 'dot'"):
+        TransformerEncoderBlock(2, 16, score="cosine", learned_scale=True)
     with pytest.raises(
         ValueError, match="must be divisible by `num_heads`=3 when `key_dim` is None"
     ):

@@ -11,7 +11,7 @@ from tfattn.layers.masks import (
     window_mask,
 )
 from tfattn.layers.multi_head_attention import MultiHeadAttention
-from tfattn.layers.patch import PatchEmbedding
+from tfattn.layers.patch import PatchEmbedding, ShiftedPatchEmbedding, shifted_patches
 from tfattn.layers.pooling import AttentionPooling
 from tfattn.layers.position import (
     PositionEmbedding,
@@ -33,6 +33,7 @@ __all__ = [
     "PatchEmbedding",
     "PositionEmbedding",
     "RotaryEmbedding",
+    "ShiftedPatchEmbedding",
     "SinePositionEncoding",
     "SinePositionEncoding2D",
     "SpatialChannelAttention",
@@ -45,5 +46,6 @@ __all__ = [
     "dropout",
     "merge_masks",
     "padding_mask",
+    "shifted_patches",
     "window_mask",
 ]

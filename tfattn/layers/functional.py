@@ -109,6 +109,20 @@ def _l2_normalize(x, eps=1e-6):
     return ops.cast(x32 / norm, x.dtype)
 
 
+def _constant_along_keys(scale):
+    """Whether a tensor scale broadcastable to (batch, heads, q_len, k_len) has k_len axis 1."""
+    shape = tuple(scale.shape)
+    return len(shape) <= 4 and (not shape or shape[-1] == 1)
+
+
+def _as_query_factor(scale):
+    """Scale `(batch|1, heads|1, q_len|1, 1)` (or lower rank) -> `(batch|1, q_len|1, heads|1, 1)`."""
+    scale = ops.convert_to_tensor(scale)
+    while len(scale.shape) < 4:
+        scale = ops.expand_dims(scale, 0)
+    return ops.transpose(scale, (0, 2, 1, 3))
+
+
 def attention_logits(query, key, score="scaled_dot", scale=None, additive_weight=None):
     """Unnormalised scores `(batch, heads, q_len, k_len)` in float32.
 
@@ -178,7 +192,8 @@ def dot_product_attention(
         seed_generator: `keras.random.SeedGenerator`, required when dropout is active.
         return_weights: also return the weights `(batch, heads, q_len, k_len)`.
         use_fused: use `keras.ops.dot_product_attention` (cuDNN/flash kernels on GPU) when
-            the call is eligible (scaled_dot/dot, no dropout, no returned weights).
+            the call is eligible (scaled_dot/dot, no dropout, no returned weights, a
+            `scale` that does not vary along keys).
             `None` picks it only on JAX with a GPU/TPU (see `fused_by_default`).
 
     Returns:
@@ -194,15 +209,22 @@ def dot_product_attention(
 
     if use_fused is None:
         use_fused = fused_by_default()
+    tensor_scale = scale is not None and not isinstance(scale, (int, float))
     fusable = (
         score in _FUSABLE_SCORES
         and not apply_dropout
         and not return_weights
         # JAX's kernel assumes one head size for query, key and value.
         and value.shape[-1] == query.shape[-1]
+        and (not tensor_scale or _constant_along_keys(scale))
     )
     if use_fused and fusable:
-        if scale is None:
+        if tensor_scale:
+            # Fused kernels take a Python float scale (cuDNN's is static); a tensor scale
+            # that is constant along keys multiplies the query instead.
+            query = query * ops.cast(_as_query_factor(scale), query.dtype)
+            scale = 1.0
+        elif scale is None:
             scale = 1.0 / math.sqrt(query.shape[-1]) if score == "scaled_dot" else 1.0
         out = ops.dot_product_attention(
             query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal

@@ -6,7 +6,20 @@ import keras
 from keras import ops
 
 from tfattn.layers.functional import check_score, dot_product_attention
-from tfattn.layers.masks import merge_masks
+from tfattn.layers.masks import merge_masks, window_mask
+
+# Scores whose fixed logit scale `learned_scale=True` can replace by a learned one.
+_LEARNED_SCALE_SCORES = ("scaled_dot", "dot")
+
+
+def check_learned_scale(learned_scale, score):
+    """Raises if `learned_scale=True` is combined with a score that has no fixed scale."""
+    if learned_scale and score not in _LEARNED_SCALE_SCORES:
+        raise ValueError(
+            f"`learned_scale=True` supports score {' or '.join(map(repr, _LEARNED_SCALE_SCORES))}; "
+            f"got score={score!r} (\"cosine\" already learns its temperature, \"additive\" "
+            "has no logit scale)."
+        )
 
 
 @keras.saving.register_keras_serializable(package="tfattn")
@@ -16,7 +29,8 @@ class MultiHeadAttention(keras.layers.Layer):
     Drop-in for `keras.layers.MultiHeadAttention`: same call arguments, same constructor
     names where they overlap, same kernel layout (so weights can be copied across with
     `set_weights`). Adds scoring functions, banded (local) attention with an optional
-    learned relative-position bias, and attention dropout that stays cheap under XLA.
+    learned relative-position bias, Locality Self-Attention's learned temperature and
+    diagonal masking, and attention dropout that stays cheap under XLA.
 
     Inputs may have any rank >= 3: `(batch, *positions, features)`; attention runs over
     all position axes jointly (Keras's default `attention_axes=None`).
@@ -36,6 +50,11 @@ class MultiHeadAttention(keras.layers.Layer):
         use_relative_position_bias: add a learned per-head bias indexed by the clipped
             relative distance j - i (T5 / Swin style, 1-D).
         max_relative_position: clipping distance for that bias; defaults to `window_size`.
+        learned_scale: for "scaled_dot" and "dot", learn a per-head logit multiplier
+            (weight `logit_scale`, initialised to 1/sqrt(key_dim) resp. 1) instead of the
+            fixed one: LSA's learnable temperature (Lee et al. 2021).
+        exclude_self: query i may not attend to key i (LSA's diagonal masking;
+            self-attention: query and key lengths must match).
         use_fused: route eligible calls to `keras.ops.dot_product_attention`;
             `None` = automatic (see `tfattn.layers.dot_product_attention`).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
@@ -60,6 +79,9 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> x = keras.random.normal((2, 16, 64))
     >>> mha = MultiHeadAttention(num_heads=4, key_dim=16, score="cosine", window_size=3)
     >>> y, w = mha(x, x, return_attention_scores=True)  # y: (2, 16, 64), w: (2, 4, 16, 16)
+    >>> lsa = MultiHeadAttention(num_heads=4, key_dim=16, learned_scale=True, exclude_self=True)
+
+    Reference: Lee, Lee & Song 2021, "Vision Transformer for Small-Size Datasets" (LSA).
     """
 
     def __init__(
@@ -75,6 +97,8 @@ class MultiHeadAttention(keras.layers.Layer):
         window_size=None,
         use_relative_position_bias=False,
         max_relative_position=None,
+        learned_scale=False,
+        exclude_self=False,
         use_fused=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
@@ -106,6 +130,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 )
             output_shape = int(output_shape[0])
         check_score(score)
+        check_learned_scale(learned_scale, score)
         if window_size is not None and (not isinstance(window_size, int) or window_size < 0):
             raise ValueError(f"`window_size` must be a non-negative int or None; got {window_size!r}.")
         if use_relative_position_bias and max_relative_position is None and window_size is None:
@@ -125,6 +150,8 @@ class MultiHeadAttention(keras.layers.Layer):
         self.window_size = window_size
         self.use_relative_position_bias = use_relative_position_bias
         self.max_relative_position = max_relative_position
+        self.learned_scale = learned_scale
+        self.exclude_self = exclude_self
         self.use_fused = use_fused
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -164,12 +191,22 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key_dense.build((None, None, key_shape[-1]))
         self.value_dense.build((None, None, value_shape[-1]))
         self.output_dense.build((None, None, self.num_heads, v_dim))
+        # `logit_scale` is either cosine's log-temperature or learned_scale's multiplier,
+        # never both (`check_learned_scale`).
         if self.score == "cosine":
             # Swin V2: per-head learned log-temperature, init log(10), clamped at log(100).
             self.logit_scale = self.add_weight(
                 name="logit_scale",
                 shape=(self.num_heads, 1, 1),
                 initializer=keras.initializers.Constant(math.log(10.0)),
+            )
+        elif self.learned_scale:
+            # LSA learns one temperature for all heads; one per head generalises it.
+            initial = 1.0 / math.sqrt(self.key_dim) if self.score == "scaled_dot" else 1.0
+            self.logit_scale = self.add_weight(
+                name="logit_scale",
+                shape=(self.num_heads, 1, 1),
+                initializer=keras.initializers.Constant(initial),
             )
         if self.score == "additive":
             self.additive_weight = self.add_weight(
@@ -201,9 +238,12 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.reshape(x, (shape[0], -1, shape[-1]))
 
     def _position_terms(self, q_len, k_len):
-        """Window mask (q, k) and relative-position bias (1, heads, q, k), either may be None."""
+        """Position mask (q, k) (window, self-exclusion) and relative-position bias
+        (1, heads, q, k); either may be None."""
         rel = ops.arange(k_len, dtype="int32")[None, :] - ops.arange(q_len, dtype="int32")[:, None]
         mask = None if self.window_size is None else ops.less_equal(ops.abs(rel), self.window_size)
+        if self.exclude_self:
+            mask = merge_masks(mask, ops.logical_not(window_mask(q_len, k_len, 0)))
         bias = None
         if self.use_relative_position_bias:
             span = self._max_distance()
@@ -259,11 +299,16 @@ class MultiHeadAttention(keras.layers.Layer):
         value = self._flatten_positions(value, "value")
         key = self._flatten_positions(key, "key")
         q_len, k_len = query.shape[1], key.shape[1]
-        if self.window_size is not None and q_len is not None and k_len is not None and q_len != k_len:
-            raise ValueError(
-                f"`window_size` needs equal query and key lengths (self-attention); got "
-                f"query length {q_len} and key length {k_len}."
-            )
+        if q_len is not None and k_len is not None and q_len != k_len:
+            for name, used in (
+                ("window_size", self.window_size is not None),
+                ("exclude_self", self.exclude_self),
+            ):
+                if used:
+                    raise ValueError(
+                        f"`{name}` needs equal query and key lengths (self-attention); got "
+                        f"query length {q_len} and key length {k_len}."
+                    )
 
         mask = _token_masks(query_mask, value_mask, key_mask)
         if attention_mask is not None and len(attention_mask.shape) not in (2, 3, 4):
@@ -277,8 +322,8 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             mask = merge_masks(mask, attention_mask)
 
-        window, bias = self._position_terms(ops.shape(query)[1], ops.shape(key)[1])
-        mask = merge_masks(mask, window)
+        position_mask, bias = self._position_terms(ops.shape(query)[1], ops.shape(key)[1])
+        mask = merge_masks(mask, position_mask)
 
         if query is value and key is value and self._can_fuse_projections():
             q, k, v = self._project_self_attention(query)
@@ -289,6 +334,8 @@ class MultiHeadAttention(keras.layers.Layer):
         scale = None
         if self.score == "cosine":
             scale = ops.exp(ops.minimum(self.logit_scale, math.log(100.0)))[None]
+        elif self.learned_scale:
+            scale = ops.convert_to_tensor(self.logit_scale)[None]  # (1, heads, 1, 1)
         out = dot_product_attention(
             q,
             k,
@@ -329,6 +376,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "window_size": self.window_size,
                 "use_relative_position_bias": self.use_relative_position_bias,
                 "max_relative_position": self.max_relative_position,
+                "learned_scale": self.learned_scale,
+                "exclude_self": self.exclude_self,
                 "use_fused": self.use_fused,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),

@@ -1,4 +1,8 @@
-"""Image to patch tokens: a strided convolution, flattened row-major, optional class token."""
+"""Image to patch tokens, flattened row-major, with an optional class token.
+
+`PatchEmbedding` (ViT: a strided convolution) and `ShiftedPatchEmbedding` (Shifted Patch
+Tokenization for small datasets).
+"""
 
 import numbers
 
@@ -23,6 +27,43 @@ def _as_pair(name, value):
             f"`{name}` must be a positive int or a pair of positive ints; got {value!r}."
         )
     return tuple(int(v) for v in value)
+
+
+def _check_divisible(owner, height, width, patch_size):
+    ph, pw = patch_size
+    if (height is not None and height % ph) or (width is not None and width % pw):
+        raise ValueError(
+            f"{owner} needs an image size divisible by the patch size; got image size "
+            f"({height}, {width}) and patch_size ({ph}, {pw})."
+        )
+
+
+def _check_image_shape(owner, shape, patch_size):
+    if len(shape) != 4:
+        raise ValueError(
+            f"{owner} expects images of shape (batch, height, width, channels); got {tuple(shape)}."
+        )
+    _check_divisible(owner, shape[1], shape[2], patch_size)
+
+
+def _grid_size(owner, image_size, patch_size):
+    height, width = _as_pair("image_size", image_size)
+    _check_divisible(owner, height, width, patch_size)
+    return height // patch_size[0], width // patch_size[1]
+
+
+def _num_tokens(input_shape, patch_size, use_class_token):
+    height, width = input_shape[1], input_shape[2]
+    if height is None or width is None:
+        return None
+    return (height // patch_size[0]) * (width // patch_size[1]) + int(bool(use_class_token))
+
+
+def _prepend_class_token(x, class_token):
+    """(batch, num_patches, dim) -> (batch, 1 + num_patches, dim)."""
+    batch = ops.shape(x)[0]
+    token = ops.broadcast_to(ops.cast(class_token, x.dtype), (batch, 1, x.shape[-1]))
+    return ops.concatenate([token, x], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="tfattn")
@@ -75,28 +116,10 @@ class PatchEmbedding(keras.layers.Layer):
 
     def grid_size(self, image_size):
         """`(height, width)` (or an int for a square image) -> `(height // ph, width // pw)`."""
-        height, width = _as_pair("image_size", image_size)
-        self._check_divisible(height, width)
-        return height // self.patch_size[0], width // self.patch_size[1]
-
-    def _check_divisible(self, height, width):
-        ph, pw = self.patch_size
-        if (height is not None and height % ph) or (width is not None and width % pw):
-            raise ValueError(
-                f"PatchEmbedding needs an image size divisible by the patch size; got image size "
-                f"({height}, {width}) and patch_size ({ph}, {pw})."
-            )
-
-    def _check_shape(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(
-                "PatchEmbedding expects images of shape (batch, height, width, channels); got "
-                f"{tuple(input_shape)}."
-            )
-        self._check_divisible(input_shape[1], input_shape[2])
+        return _grid_size("PatchEmbedding", image_size, self.patch_size)
 
     def build(self, input_shape):
-        self._check_shape(input_shape)
+        _check_image_shape("PatchEmbedding", input_shape, self.patch_size)
         self.projection = keras.layers.Conv2D(
             self.hidden_dim,
             kernel_size=self.patch_size,
@@ -114,23 +137,17 @@ class PatchEmbedding(keras.layers.Layer):
             )
 
     def call(self, inputs):
-        self._check_shape(inputs.shape)
+        _check_image_shape("PatchEmbedding", inputs.shape, self.patch_size)
         x = self.projection(inputs)  # (batch, grid_h, grid_w, hidden_dim)
         batch = ops.shape(x)[0]
         x = ops.reshape(x, (batch, -1, self.hidden_dim))  # (batch, num_patches, hidden_dim)
         if self.use_class_token:
-            token = ops.cast(self.class_token, x.dtype)
-            token = ops.broadcast_to(token, (batch, 1, self.hidden_dim))
-            x = ops.concatenate([token, x], axis=1)  # (batch, 1 + num_patches, hidden_dim)
+            x = _prepend_class_token(x, self.class_token)
         return x
 
     def compute_output_shape(self, input_shape):
-        self._check_shape(input_shape)
-        height, width = input_shape[1], input_shape[2]
-        num_tokens = None
-        if height is not None and width is not None:
-            num_tokens = (height // self.patch_size[0]) * (width // self.patch_size[1])
-            num_tokens += int(bool(self.use_class_token))
+        _check_image_shape("PatchEmbedding", input_shape, self.patch_size)
+        num_tokens = _num_tokens(input_shape, self.patch_size, self.use_class_token)
         return (input_shape[0], num_tokens, self.hidden_dim)
 
     def get_config(self):
@@ -140,6 +157,162 @@ class PatchEmbedding(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "patch_size": self.patch_size,
                 "use_class_token": self.use_class_token,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+
+def _shift(images, dy, dx):
+    """Moves the content of `(batch, h, w, c)` images by (dy, dx) pixels (+ = down / right),
+    filling with zeros; the size is unchanged."""
+
+    def kept(d):  # the rows (columns) that stay inside the image
+        return slice(None, -d) if d > 0 else slice(-d, None)
+
+    cropped = images[:, kept(dy), kept(dx), :]
+    padding = ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0))
+    return ops.pad(cropped, padding)
+
+
+def shifted_patches(images, patch_size):
+    """Shifted Patch Tokenization's patch features, before the norm and the projection.
+
+    The image and four copies whose content is shifted by half a patch (ph // 2, pw // 2)
+    towards each diagonal, with zero fill, are concatenated on channels in the official
+    implementation's order: unshifted, down-right, down-left, up-right, up-left. The
+    result is cut into non-overlapping patches, row-major like `PatchEmbedding`, so each
+    patch also sees the pixels up to half a patch beyond its borders.
+
+    Args:
+        images: `(batch, height, width, channels)`, height and width divisible by the
+            patch size, channels known statically.
+        patch_size: int or `(patch_height, patch_width)`.
+
+    Returns:
+        `(batch, num_patches, patch_height * patch_width * 5 * channels)`, each patch
+        flattened in (row, column, channel) order; channels `[g * C, (g + 1) * C)` come
+        from shifted copy g.
+
+    Example:
+    >>> shifted_patches(keras.random.normal((2, 8, 8, 3)), patch_size=4).shape  # (2, 4, 240)
+
+    Reference: Lee, Lee & Song 2021, "Vision Transformer for Small-Size Datasets"
+    (https://github.com/aanna0701/SPT_LSA_ViT).
+    """
+    ph, pw = _as_pair("patch_size", patch_size)
+    _check_image_shape("shifted_patches", images.shape, (ph, pw))
+    if images.shape[-1] is None:
+        raise ValueError("shifted_patches needs a statically known number of image channels.")
+    sy, sx = ph // 2, pw // 2
+    shifts = ((0, 0), (sy, sx), (sy, -sx), (-sy, sx), (-sy, -sx))
+    x = ops.concatenate([_shift(images, dy, dx) for dy, dx in shifts], axis=-1)
+    channels = x.shape[-1]  # 5 * C
+    shape = ops.shape(x)
+    batch, height, width = shape[0], shape[1], shape[2]
+    x = ops.reshape(x, (batch, height // ph, ph, width // pw, pw, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (batch, grid_h, grid_w, ph, pw, 5 C)
+    return ops.reshape(x, (batch, -1, ph * pw * channels))  # (batch, num_patches, patch_dim)
+
+
+@keras.saving.register_keras_serializable(package="tfattn")
+class ShiftedPatchEmbedding(keras.layers.Layer):
+    """Shifted Patch Tokenization (SPT): patch tokens that also see their neighbourhood.
+
+    The image and four copies shifted by half a patch towards each diagonal are stacked
+    on channels and cut into non-overlapping patches (`shifted_patches`); each flattened
+    patch is layer-normalised and projected to a token by a Dense layer. Tokens are
+    row-major and the optional class token comes first, as in `PatchEmbedding`. Works
+    for any image size divisible by the patch size.
+
+    Args:
+        hidden_dim: size of each token.
+        patch_size: int or `(patch_height, patch_width)`; the shift is
+            `(patch_height // 2, patch_width // 2)`.
+        use_class_token: prepend a learned class token (initialised to zeros).
+        layer_norm_epsilon: epsilon of the LayerNormalization over each flattened patch.
+        kernel_initializer: initializer of the projection kernel.
+
+    Call arguments:
+        inputs: images `(batch, height, width, channels)`.
+
+    Returns:
+        `(batch, num_patches, hidden_dim)`, or `(batch, 1 + num_patches, hidden_dim)` with the
+        class token, where num_patches = (height // patch_height) * (width // patch_width).
+
+    Example:
+    >>> images = keras.random.normal((2, 32, 32, 3))
+    >>> patches = ShiftedPatchEmbedding(hidden_dim=64, patch_size=4, use_class_token=True)
+    >>> tokens = patches(images)  # (2, 1 + 8 * 8, 64)
+    >>> patches.grid_size((32, 32))  # (8, 8)
+
+    Reference: Lee, Lee & Song 2021, "Vision Transformer for Small-Size Datasets".
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        patch_size,
+        use_class_token=False,
+        layer_norm_epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not _is_positive_int(hidden_dim):
+            raise ValueError(f"`hidden_dim` must be a positive int; got {hidden_dim!r}.")
+        self.hidden_dim = int(hidden_dim)
+        self.patch_size = _as_pair("patch_size", patch_size)
+        self.use_class_token = use_class_token
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def grid_size(self, image_size):
+        """`(height, width)` (or an int for a square image) -> `(height // ph, width // pw)`."""
+        return _grid_size("ShiftedPatchEmbedding", image_size, self.patch_size)
+
+    def build(self, input_shape):
+        _check_image_shape("ShiftedPatchEmbedding", input_shape, self.patch_size)
+        if input_shape[-1] is None:
+            raise ValueError("ShiftedPatchEmbedding needs a known number of image channels.")
+        patch_dim = self.patch_size[0] * self.patch_size[1] * 5 * input_shape[-1]
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
+        )
+        self.projection = keras.layers.Dense(
+            self.hidden_dim,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="projection",
+        )
+        self.norm.build((None, None, patch_dim))
+        self.projection.build((None, None, patch_dim))
+        if self.use_class_token:
+            self.class_token = self.add_weight(
+                name="class_token", shape=(1, 1, self.hidden_dim), initializer="zeros"
+            )
+
+    def call(self, inputs):
+        _check_image_shape("ShiftedPatchEmbedding", inputs.shape, self.patch_size)
+        x = shifted_patches(inputs, self.patch_size)  # (batch, num_patches, patch_dim)
+        x = self.projection(self.norm(x))  # (batch, num_patches, hidden_dim)
+        if self.use_class_token:
+            x = _prepend_class_token(x, self.class_token)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        _check_image_shape("ShiftedPatchEmbedding", input_shape, self.patch_size)
+        num_tokens = _num_tokens(input_shape, self.patch_size, self.use_class_token)
+        return (input_shape[0], num_tokens, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "patch_size": self.patch_size,
+                "use_class_token": self.use_class_token,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )

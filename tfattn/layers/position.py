@@ -187,7 +187,9 @@ class PositionEmbedding(keras.layers.Layer):
     position part is resized bilinearly (`keras.ops.image.resize`, half-pixel
     centres, no antialiasing) for grids. A new grid is taken from the `grid_size` call
     argument, or inferred when both the stored grid and the new token count are square.
-    Resizing needs a static token count; an unknown one is assumed to be the stored one.
+    Without `grid_size`, resizing needs a static token count and an unknown one is assumed
+    to be the stored one; with it, the grid is used whatever the static shape (pass it when
+    traced functions may relax shapes, e.g. `tf.function(reduce_retracing=True)`).
     1-D embeddings are not resized on the fly: a shorter input takes the first `tokens`
     rows (padded or incremental sequences), a longer one is an error; `interpolate()`
     resizes them explicitly.
@@ -346,10 +348,16 @@ class PositionEmbedding(keras.layers.Layer):
                     "resize the weights with `interpolate(new_length=...)`."
                 )
             embeddings = ops.cast(self.embeddings, self.compute_dtype)[: ops.shape(inputs)[1]]
-        elif num_tokens is None or (num_tokens == stored and grid_size is None):
+        elif grid_size is not None:
+            # An explicit grid wins, also when the static token count is unknown (e.g. a
+            # tf.function retraced with relaxed shapes).
+            if num_tokens is not None:
+                grid_size = self._new_grid(num_tokens, grid_size)  # checks the token count
+            embeddings = self.interpolate(new_grid_size=grid_size)
+        elif num_tokens is None or num_tokens == stored:
             embeddings = ops.cast(self.embeddings, self.compute_dtype)
         else:
-            embeddings = self.interpolate(new_grid_size=self._new_grid(num_tokens, grid_size))
+            embeddings = self.interpolate(new_grid_size=self._new_grid(num_tokens, None))
         return ops.broadcast_to(embeddings[None], ops.shape(inputs))  # (batch, tokens, hidden_dim)
 
     def compute_output_shape(self, input_shape):

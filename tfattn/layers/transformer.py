@@ -3,7 +3,7 @@
 import keras
 
 from tfattn.layers.functional import check_score, dropout
-from tfattn.layers.multi_head_attention import MultiHeadAttention
+from tfattn.layers.multi_head_attention import MultiHeadAttention, check_learned_scale
 from tfattn.layers.regularization import MLP, DropPath, LayerScale
 
 
@@ -157,8 +157,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         norm_first: pre-norm (True) or post-norm (False).
         layer_norm_epsilon: epsilon of the LayerNormalization layers.
         activation: MLP hidden activation.
-        score, window_size, use_relative_position_bias, max_relative_position: passed
-            to `tfattn.layers.MultiHeadAttention`.
+        score, window_size, use_relative_position_bias, max_relative_position,
+        learned_scale, exclude_self: passed to `tfattn.layers.MultiHeadAttention`
+            (`learned_scale` + `exclude_self` = Locality Self-Attention, Lee et al. 2021).
         kernel_initializer, bias_initializer: for the attention and MLP projections.
         seed: optional int seed for dropout and drop path.
 
@@ -201,6 +202,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         window_size=None,
         use_relative_position_bias=False,
         max_relative_position=None,
+        learned_scale=False,
+        exclude_self=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
@@ -219,6 +222,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             layer_scale_init_value,
         )
         check_score(score)
+        check_learned_scale(learned_scale, score)
         if use_relative_position_bias and max_relative_position is None and window_size is None:
             raise ValueError(
                 "`use_relative_position_bias=True` needs `max_relative_position` "
@@ -238,6 +242,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.window_size = window_size
         self.use_relative_position_bias = use_relative_position_bias
         self.max_relative_position = max_relative_position
+        self.learned_scale = learned_scale
+        self.exclude_self = exclude_self
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
@@ -260,6 +266,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             window_size=self.window_size,
             use_relative_position_bias=self.use_relative_position_bias,
             max_relative_position=self.max_relative_position,
+            learned_scale=self.learned_scale,
+            exclude_self=self.exclude_self,
             kernel_initializer=self.kernel_initializer,
             bias_initializer=self.bias_initializer,
             seed=_sub_seed(self.seed, 1),
@@ -332,6 +340,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 "window_size": self.window_size,
                 "use_relative_position_bias": self.use_relative_position_bias,
                 "max_relative_position": self.max_relative_position,
+                "learned_scale": self.learned_scale,
+                "exclude_self": self.exclude_self,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "seed": self.seed,

@@ -21,6 +21,7 @@ Example:
 import dataclasses
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -78,6 +79,37 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.model.optimizer is not None:
             logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops `fit` after the first epoch that ends past a wall-clock budget.
+
+    Epochs are never cut short (a partial epoch would leave the learning-rate schedule and
+    the backups out of step); the run ends at an epoch boundary and `stopped_epoch` says
+    which. The clock starts at `on_train_begin`, so a resumed job gets a fresh budget.
+
+    Args:
+        minutes: the budget; None or 0 disables the callback.
+    """
+
+    def __init__(self, minutes):
+        super().__init__()
+        if minutes is not None and (isinstance(minutes, bool) or not minutes >= 0):
+            raise ValueError(f"`minutes` must be None or a non-negative number; got {minutes!r}.")
+        self.minutes = minutes
+        self.stopped_epoch = None
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.minutes:
+            return
+        if time.monotonic() - self._start >= 60.0 * self.minutes:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
 
 
 class ConfigTextLogger(keras.callbacks.Callback):

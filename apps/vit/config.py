@@ -1,0 +1,200 @@
+"""ViT app configuration: one dataclass, named presets, CLI flags generated from the fields.
+
+Presets (run with `python -m apps.vit.train --preset NAME --workdir DIR`; any field can be
+overridden, e.g. `--epochs 5 --strategy mirrored`):
+
+    test        seconds; unit tests only (tiny model, 512 training images, 1 epoch).
+    tiny        `make demo`: 28x28 Fashion-MNIST, patch 4, 4 layers of width 64 (~0.2M
+                parameters), 3 epochs, a few minutes on 2 CPU cores; ~85% test accuracy.
+    fmnist      the Fashion-MNIST quality benchmark (`benchmarks/vit.py --quality`): SPT + LSA,
+                RandAugment, 30-minute time budget on 2 CPU cores.
+    ti16/s16/b16  ViT-Ti/S/B with 16x16 patches at 224 px (Dosovitskiy et al. 2021; Touvron
+                et al. 2021 for Ti) for GPU/TPU, e.g. `--dataset tfds:imagenette
+                --strategy auto --precision mixed_bfloat16`.
+"""
+
+import dataclasses
+from typing import Literal
+
+from tfattn.training import STRATEGIES
+
+Strategy = Literal[STRATEGIES]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Pooling = Literal["cls", "gap", "attention"]
+
+
+@dataclasses.dataclass
+class Config:
+    """Vision Transformer image classification (tfattn ViT app)."""
+
+    # Data
+    dataset: str = "fashion_mnist"  # "fashion_mnist", "tfds:NAME" or "folder:/path"
+    data_dir: str | None = None  # fashion_mnist: folder of the IDX files
+    image_size: int = 28
+    channels: int | None = None  # 1 or 3; None keeps the source's channels
+    validation_fraction: float = 0.1
+    max_train_examples: int | None = None  # subsample training data (quick runs)
+    strict: bool = False  # folder datasets: fail on unreadable files instead of skipping
+
+    # Model
+    patch_size: int = 4
+    hidden_dim: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_dim: int = 128
+    pooling: Pooling = "cls"
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    layer_scale_init_value: float | None = None
+    spt: bool = False  # shifted patch tokenisation (Lee et al. 2021)
+    lsa: bool = False  # locality self-attention: learned temperature, no self-attention
+
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 128  # per replica
+    learning_rate: float = 1e-3  # for a global batch of 128; scaled linearly with the batch
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_learning_rate: float = 1e-5
+    gradient_clip_norm: float | None = 1.0
+    time_budget_minutes: float | None = None  # stop after the epoch that crosses it
+
+    # Augmentation
+    pad: int = 2  # pad-and-crop pixels (0: off)
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # area share of random resized crops
+    flip: bool = True
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 0.5  # Keras RandAugment `factor` in [0, 1]
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.1
+
+    # Runtime
+    workdir: str = "runs/vit"
+    strategy: Strategy = "auto"
+    tpu: str | None = None
+    precision: Precision = "float32"
+    jit_compile: bool = True
+    steps_per_execution: int = 1
+    seed: int = 0
+    early_stopping_patience: int | None = None
+    profile_batches: int | None = None
+    attention_images: int = 8  # test images whose attention is logged each epoch
+    verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
+
+    # Export
+    export_name: str = "vit"
+    export_version: int | None = None  # None: one above the newest existing version
+    overwrite: bool = False
+    top_k: int = 5
+    tflite: bool = False  # also write a dynamic-range quantised TFLite model
+
+    def __post_init__(self):
+        positive = (
+            "image_size", "patch_size", "hidden_dim", "num_layers", "num_heads",
+            "intermediate_dim", "epochs", "batch_size", "steps_per_execution", "top_k",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1; got {value}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be divisible by `patch_size` "
+                f"({self.patch_size})."
+            )
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"`hidden_dim` ({self.hidden_dim}) must be divisible by `num_heads` "
+                f"({self.num_heads})."
+            )
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"`channels` must be 1, 3 or none; got {self.channels}.")
+        for name in ("dropout_rate", "attention_dropout_rate", "drop_path_rate", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1); got {value}.")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"`validation_fraction` must be in (0, 1); got {self.validation_fraction}."
+            )
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"`max_train_examples` must be >= 1; got {self.max_train_examples}.")
+        if not 0.0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be in [0, epochs={self.epochs}); got {self.warmup_epochs}."
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0; got {self.learning_rate}.")
+
+    @property
+    def grid_size(self):
+        return (self.image_size // self.patch_size,) * 2
+
+
+PRESETS = {
+    "test": {
+        "max_train_examples": 512,
+        "hidden_dim": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "intermediate_dim": 32,
+        "patch_size": 7,
+        "epochs": 1,
+        "batch_size": 64,
+        "warmup_epochs": 0.2,
+        "jit_compile": False,
+        "attention_images": 4,
+    },
+    "tiny": {
+        "hidden_dim": 64,
+        "num_layers": 4,
+        "num_heads": 4,
+        "intermediate_dim": 128,
+        "patch_size": 4,
+        "epochs": 3,
+        "batch_size": 128,
+        "learning_rate": 2e-3,
+        "warmup_epochs": 0.5,
+    },
+    "fmnist": {
+        "hidden_dim": 96,
+        "num_layers": 6,
+        "num_heads": 4,
+        "intermediate_dim": 192,
+        "patch_size": 4,
+        "spt": True,
+        "lsa": True,
+        "epochs": 40,
+        "batch_size": 128,
+        "learning_rate": 2e-3,
+        "warmup_epochs": 2.0,
+        "drop_path_rate": 0.1,
+        "randaugment_layers": 2,
+        "randaugment_magnitude": 0.1,  # Keras factor: up to ~36 degree rotations
+        "time_budget_minutes": 30.0,
+    },
+    "ti16": {
+        "image_size": 224, "patch_size": 16, "hidden_dim": 192, "num_layers": 12,
+        "num_heads": 3, "intermediate_dim": 768, "channels": 3, "batch_size": 256,
+        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
+        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
+    },
+    "s16": {
+        "image_size": 224, "patch_size": 16, "hidden_dim": 384, "num_layers": 12,
+        "num_heads": 6, "intermediate_dim": 1536, "channels": 3, "batch_size": 256,
+        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
+        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
+    },
+    "b16": {
+        "image_size": 224, "patch_size": 16, "hidden_dim": 768, "num_layers": 12,
+        "num_heads": 12, "intermediate_dim": 3072, "channels": 3, "batch_size": 128,
+        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
+        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
+    },
+}

@@ -1,0 +1,106 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from apps.vit.config import PRESETS, Config
+from apps.vit.model import build_vit, drop_path_rates, resize_vit
+
+
+def _cfg(**overrides):
+    base = dict(PRESETS["test"], hidden_dim=16, num_heads=2, patch_size=7)
+    base.update(overrides)
+    return Config(**base)
+
+
+@pytest.mark.parametrize(
+    "overrides, prefix",
+    [
+        ({"pooling": "cls"}, 1),
+        ({"pooling": "gap"}, 0),
+        ({"pooling": "attention"}, 0),
+        ({"pooling": "cls", "spt": True, "lsa": True, "num_layers": 2}, 1),
+    ],
+)
+def test_shapes_and_attention_outputs(overrides, prefix):
+    cfg = _cfg(**overrides)
+    model, attention_model = build_vit(cfg, num_classes=10, channels=1)
+    x = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32")
+    logits = model(x)
+    assert logits.shape == (3, 10) and keras.backend.standardize_dtype(logits.dtype) == "float32"
+    scores = attention_model(x)
+    scores = scores if isinstance(scores, (list, tuple)) else [scores]  # one block: a tensor
+    assert len(scores) == cfg.num_layers
+    tokens = prefix + 16
+    for s in scores:
+        s = np.asarray(s)
+        assert s.shape == (3, cfg.num_heads, tokens, tokens)
+        np.testing.assert_allclose(s.sum(-1), 1.0, atol=1e-5)
+    if cfg.lsa:  # locality self-attention: no token attends to itself
+        diag = np.asarray(scores[0])[..., np.arange(tokens), np.arange(tokens)]
+        assert np.all(diag == 0.0)
+
+
+def test_mixed_precision_gives_float32_logits():
+    keras.config.set_dtype_policy("mixed_float16")
+    model, _ = build_vit(_cfg(), num_classes=4, channels=3)
+    assert keras.backend.standardize_dtype(model(np.zeros((2, 28, 28, 3), "float32")).dtype) == "float32"
+
+
+def test_drop_path_rates_grow_linearly():
+    assert drop_path_rates(0.1, 1) == [0.1]
+    np.testing.assert_allclose(drop_path_rates(0.3, 4), [0.0, 0.1, 0.2, 0.3])
+
+
+def test_keras_round_trip_with_spt_lsa(tmp_path):
+    cfg = _cfg(spt=True, lsa=True, layer_scale_init_value=0.1, pooling="attention")
+    model, _ = build_vit(cfg, num_classes=5, channels=1)
+    x = np.random.default_rng(1).normal(size=(2, 28, 28, 1)).astype("float32")
+    path = str(tmp_path / "vit.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_resize_keeps_weights_and_runs_at_new_size():
+    cfg = _cfg(patch_size=4)
+    model, _ = build_vit(cfg, num_classes=10, channels=1)
+    bigger, attention = resize_vit(model, cfg, 10, 1, 56)
+    assert bigger.input_shape == (None, 56, 56, 1)
+    for a, b in zip(model.get_weights(), bigger.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(2).normal(size=(2, 56, 56, 1)).astype("float32")
+    assert bigger(x).shape == (2, 10)
+    assert np.asarray(attention(x)).shape[-1] == 1 + 14 * 14  # one block
+    # Same size: identical outputs.
+    same, _ = resize_vit(model, cfg, 10, 1, 28)
+    x28 = x[:, ::2, ::2]
+    np.testing.assert_allclose(same(x28), model(x28), atol=1e-6)
+
+
+def test_bad_image_size_for_patch():
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        build_vit(_cfg(patch_size=7), 10, 1, image_size=30)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_size": 30, "patch_size": 4}, "divisible by `patch_size`"),
+        ({"hidden_dim": 30, "num_heads": 4}, "divisible by `num_heads`"),
+        ({"channels": 2}, "`channels` must be 1, 3"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate"),
+        ({"warmup_epochs": 5.0, "epochs": 2}, "warmup_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(Config(), **overrides)
+
+
+def test_presets_are_valid_configs():
+    for name, overrides in PRESETS.items():
+        cfg = Config(**overrides)
+        assert cfg.image_size % cfg.patch_size == 0, name

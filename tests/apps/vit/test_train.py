@@ -1,0 +1,167 @@
+"""End to end on real Fashion-MNIST (Debian files, installed by `make data`): train a tiny
+ViT, check TensorBoard output, evaluate, export, serve image bytes, predict files."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from apps.vit import data as vd
+from apps.vit import evaluate as vit_evaluate
+from apps.vit import export as vit_export
+from apps.vit import predict as vit_predict
+from apps.vit import train as vit_train
+from apps.vit.config import PRESETS, Config
+from tfattn import training
+
+pytestmark = pytest.mark.xdist_group("vit_e2e")  # one worker trains the shared model once
+
+FASHION_MNIST_PRESENT = all(
+    os.path.exists(os.path.join(vd.FASHION_MNIST_DIR, f)) for f in vd.FASHION_MNIST_FILES.values()
+)
+
+
+def _require_data():
+    assert FASHION_MNIST_PRESENT, (
+        f"Fashion-MNIST IDX files missing in {vd.FASHION_MNIST_DIR}: run `make data` "
+        "(installs the Debian package dataset-fashion-mnist)."
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    _require_data()
+    workdir = str(tmp_path_factory.mktemp("vit") / "run")
+    cfg = Config(
+        **dict(PRESETS["test"], max_train_examples=3000, epochs=3, hidden_dim=32, num_heads=2,
+               intermediate_dim=64, patch_size=4, num_layers=2, learning_rate=3e-3),
+        workdir=workdir,
+    )
+    summary = vit_train.run(cfg)
+    return cfg, summary
+
+
+def _event_tags(directory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(directory, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags.get("images", [])) | set(tags.get("scalars", [])) | set(tags.get("tensors", []))
+
+
+def test_training_outputs(trained):
+    cfg, summary = trained
+    workdir = cfg.workdir
+    assert summary["epochs_run"] == 3
+    assert summary["test_accuracy"] > 0.45, summary  # 10 classes: chance is 0.1
+    assert 0.0 <= summary["input_wait"]["fraction"] <= 1.0
+    for name in ("config.json", "preprocessing.json", "model.keras", "summary.json",
+                 "checkpoints/best.keras"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert not os.path.exists(os.path.join(workdir, "backup"))  # removed when fit completes
+    assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["hidden_dim"] == 32
+
+
+def test_tensorboard_has_scalars_attention_and_app_images(trained):
+    cfg, _ = trained
+    images = _event_tags(os.path.join(cfg.workdir, "tensorboard", "images"))
+    assert {"attention/last_layer", "attention/rollout", "confusion_matrix", "misclassified"} <= images
+    train_tags = _event_tags(os.path.join(cfg.workdir, "tensorboard", "train"))
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= train_tags
+    assert "epoch_input_wait_fraction" in train_tags
+
+
+def test_serving_bytes_match_python_predictions(trained):
+    cfg, summary = trained
+    data = vd.load_dataset("fashion_mnist", validation_fraction=0.1, seed=0)
+    images = data.x_test[:16]
+    prep = vit_export.read_preprocessing(cfg.workdir)
+    import keras
+
+    model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"))
+    python_logits = vit_evaluate.predict_logits(model, images, prep["mean"], prep["std"])
+    python_probs = tf.nn.softmax(python_logits).numpy()
+
+    fn = tf.saved_model.load(summary["saved_model"]).signatures["serving_default"]
+    out = fn(image_bytes=tf.constant(list(vit_export.encode_png(images))))
+    np.testing.assert_allclose(out["probabilities"].numpy(), python_probs, atol=1e-5)
+    np.testing.assert_array_equal(out["class_id"].numpy(), python_probs.argmax(-1))
+    names = [n.decode() for n in out["class_name"].numpy()]
+    assert names == [data.class_names[i] for i in python_probs.argmax(-1)]
+    assert out["top_k_ids"].shape == (16, 5) and out["top_k_names"].shape == (16, 5)
+
+    # The same images as RGB JPEG at 2x size still decode, convert and resize in the graph.
+    def jpeg_rgb(img):
+        buf = io.BytesIO()
+        Image.fromarray(np.repeat(img, 3, -1)).resize((56, 56)).save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+
+    out_rgb = fn(image_bytes=tf.constant([jpeg_rgb(i) for i in images]))
+    agree = np.mean(out_rgb["class_id"].numpy() == python_probs.argmax(-1))
+    assert agree >= 0.75, agree
+
+    # TF Serving's REST mapping: {"instances": [{"image_bytes": {"b64": ...}}]}.
+    body = training.rest_request_body({"image_bytes": vit_export.encode_png(images[:3])})
+    response = training.call_like_rest(summary["saved_model"], body)
+    assert [p["class_name"] for p in response["predictions"]] == names[:3]
+
+
+def test_evaluate_and_other_resolution(trained):
+    cfg, summary = trained
+    report = vit_evaluate.evaluate_workdir(cfg.workdir)
+    assert report["examples"] == 10000
+    assert abs(report["accuracy"] - summary["test_accuracy"]) < 0.05  # subset vs full test set
+    for name in ("metrics.json", "confusion_matrix.png", "misclassified.png"):
+        assert os.path.exists(os.path.join(report["output_dir"], name))
+    assert len(report["per_class_accuracy"]) == 10
+    # Trained at 28 px, evaluated at 56 px (position embedding interpolated).
+    big = vit_evaluate.evaluate_workdir(cfg.workdir, image_size=56)
+    assert big["image_size"] == 56
+    assert big["accuracy"] > 0.3, big["accuracy"]  # chance is 0.1
+
+
+def test_predict_folder_skips_unreadable_files(trained, tmp_path, caplog):
+    _, summary = trained
+    data = vd.load_dataset("fashion_mnist", validation_fraction=0.1, seed=0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(data.x_test[i, ..., 0]).save(folder / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    rows, skipped = vit_predict.predict_files(summary["saved_model"], vit_predict.list_images(str(folder)))
+    assert len(rows) == 3 and skipped == [str(folder / "broken.png")]
+    assert all(r["class_name"] in data.class_names for r in rows)
+
+
+def test_export_refuses_existing_version_and_cli_overwrites(trained):
+    cfg, summary = trained
+    version = int(os.path.basename(summary["saved_model"]))
+    cmd = [sys.executable, "-m", "apps.vit.export", "--workdir", cfg.workdir, "--version", str(version)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    result = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "serving_default" not in result.stderr
+
+
+def test_cli_errors_name_the_problem():
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "apps.vit.train", *args], capture_output=True, text=True, timeout=120
+    )
+    result = run("--preset", "huge")
+    assert result.returncode == 2 and "unknown preset 'huge'" in result.stderr
+    result = run("--hidden_dims", "8")
+    assert result.returncode == 2 and "did you mean 'hidden_dim'" in result.stderr
+    result = run("--patch_size", "5")
+    assert result.returncode == 2 and "divisible by `patch_size`" in result.stderr
+    result = run("--help")
+    assert result.returncode == 0 and "--randaugment_layers" in result.stdout
