@@ -1,4 +1,5 @@
-"""Smoke test: `benchmarks/attention.py --quick` runs end to end and writes the documented JSON."""
+"""Smoke tests: `benchmarks/attention.py --quick` and `benchmarks/vit.py --quick` (and its
+`--quality` part on the `test` preset) run end to end and write the documented JSON."""
 
 import json
 import os
@@ -64,3 +65,110 @@ def test_quick_prints_markdown_table(quick_run):
     rows = [ln for ln in stdout.splitlines() if ln.startswith("| ")]
     assert rows[0].startswith("| length | batch | scores | dropout | XLA | tfattn ms")
     assert len(rows) == 1 + len(info["results"])  # header + one row per cell
+
+
+# --- benchmarks/vit.py ------------------------------------------------------------------------
+
+
+def _run_vit(*args):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "vit.py"), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def vit_quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results" / "vit.json"
+    proc = _run_vit("--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f), proc.stdout, out
+
+
+def test_vit_quick_json_schema(vit_quick_run):
+    info, _, _ = vit_quick_run
+    assert info["benchmark"] == "vit" and set(info) == {"benchmark", "throughput"}
+    part = info["throughput"]
+    assert part["date"] and part["notes"]
+    assert {"platform", "cpu_count", "cpu_model", "load_average_start", "load_average_end"} <= set(
+        part["machine"]
+    )
+    assert set(part["versions"]) == {"tensorflow", "keras", "keras_hub", "tfattn"}
+    settings = part["settings"]
+    assert settings["quick"] is True and settings["xla"] is True
+    assert (settings["runs"], settings["train_steps_per_run"], settings["predict_steps_per_run"]) == (2, 1, 1)
+    assert "train_on_batch" in settings["training"] and "predict_on_batch" in settings["inference"]
+    assert len(part["results"]) == settings["rows"] == 1
+
+    row = part["results"][0]
+    arch = row["architecture"]
+    assert (arch["image_size"], arch["channels"], arch["pooling"], arch["drop_path_rate"]) == (28, 1, "cls", 0.0)
+    # Same architecture: equal parameter counts, tfattn's weights load into keras-hub's model
+    # and give the same logits and the same first training loss.
+    assert row["parameters_equal"] and row["weights_copied"]
+    assert row["impls"]["tfattn"]["parameters"] == row["impls"]["keras_hub"]["parameters"] > 0
+    assert row["max_abs_logit_diff"] <= 1e-4
+    assert row["first_losses_match"]
+    img_s = {}
+    for name in ("tfattn", "keras_hub"):
+        r = row["impls"][name]
+        assert r["jit_compile"] is True
+        assert r["train_first_call_s"] > 0 and r["predict_first_call_s"] > 0
+        for kind in ("train", "predict"):
+            assert 0 < r[f"{kind}_ms_per_step_min"] <= r[f"{kind}_ms_per_step_median"] <= r[f"{kind}_ms_per_step_max"]
+            assert r[f"{kind}_img_s"] == pytest.approx(
+                row["batch_size"] * 1e3 / r[f"{kind}_ms_per_step_median"], rel=1e-2
+            )
+        img_s[name] = r
+    ratio = img_s["tfattn"]["train_img_s"] / img_s["keras_hub"]["train_img_s"]
+    assert row["ratio_train_tfattn_over_keras_hub"] == pytest.approx(ratio, rel=1e-2)
+    assert row["ratio_predict_tfattn_over_keras_hub"] == pytest.approx(
+        img_s["tfattn"]["predict_img_s"] / img_s["keras_hub"]["predict_img_s"], rel=1e-2
+    )
+    assert row["target_train"] == 1.1 and row["meets_target"] == (ratio >= 1.1)
+
+
+def test_vit_quick_prints_markdown_table(vit_quick_run):
+    info, stdout, _ = vit_quick_run
+    rows = [ln for ln in stdout.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| row | batch | params tfattn / keras-hub | train img/s tfattn")
+    assert len(rows) == 1 + len(info["throughput"]["results"])
+
+
+@pytest.mark.slow
+def test_vit_quality_smoke_merges_into_existing_results(vit_quick_run, tmp_path):
+    # The `test` preset (seconds) instead of `fmnist` (30 minutes); the same code path.
+    throughput, _, quick_out = vit_quick_run
+    out = tmp_path / "vit.json"
+    out.write_text(quick_out.read_text())
+    proc = _run_vit("--quality", "--preset", "test", "--epochs", "1", "--max_train_examples", "256",
+                    "--budget_minutes", "5", "--out", str(out), "--workdir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(out.read_text())
+    assert info["throughput"] == throughput["throughput"]  # the other part is kept
+    part = info["quality"]
+    assert part["date"] and part["notes"] and set(part["versions"]) >= {"tfattn", "keras_hub"}
+    settings = part["settings"]
+    assert settings["preset"] == "test" and settings["smoke"] is True
+    assert settings["config"]["epochs"] == 1 and settings["config"]["time_budget_minutes"] == 5
+    results = part["results"]
+    assert set(results) == {"tfattn", "keras_hub"}
+    for r in results.values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["epochs_run"] == 1
+        assert r["wall_seconds"] >= r["train_seconds"] > 0
+    # Without SPT/LSA (the test preset) both builds have the same architecture.
+    assert results["tfattn"]["parameters"] == results["keras_hub"]["parameters"]
+    assert results["tfattn"]["within_30_minutes"] is True  # a 5-minute budget
+    assert results["tfattn"]["meets_target"] == (results["tfattn"]["test_accuracy"] >= 0.925)
+    assert results["keras_hub"]["ignored_config"]["drop_path_rate"] == settings["config"]["drop_path_rate"]
+    assert [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")][0].startswith("| model |")
+
+
+def test_vit_refuses_to_merge_into_a_foreign_file(tmp_path):
+    out = tmp_path / "attention.json"
+    out.write_text(json.dumps({"benchmark": "attention"}))
+    proc = _run_vit("--quick", "--out", str(out))
+    assert proc.returncode != 0 and "not a benchmarks/vit.py results file" in proc.stderr
+    assert json.loads(out.read_text()) == {"benchmark": "attention"}
