@@ -382,9 +382,8 @@ QUALITY_NOTES = [
     "recipe: apps.vit.train.run with the same data pipeline and augmentation, AdamW, "
     "warm-up cosine schedule, clipping, weight-decay exclusions, epochs, time budget and "
     "callbacks (less the attention-map images: keras-hub returns no attention model). "
-    "Without SPT and LSA tfattn's ViT has keras-hub's parameter count (456,394 at the fmnist "
-    "preset); SPT's patch LayerNorm and wider projection and LSA's learned temperatures add "
-    "6,328 (462,722).",
+    "Without SPT and LSA tfattn's ViT has keras-hub's parameter count; SPT's patch LayerNorm "
+    "and wider projection and LSA's learned temperatures add the difference in `parameters`.",
     "The time budget stops training after the epoch that crosses it, so train_seconds can "
     "exceed the budget by up to one epoch (plus validation).",
     "The two trainings run one after the other, not interleaved: load from other processes "
@@ -429,6 +428,8 @@ def run_quality(args, write):
         "notes": QUALITY_NOTES,
     }
     builders = {"tfattn": build_vit, "keras_hub": build_keras_hub_vit}
+    builders = {k: v for k, v in builders.items() if k in args.models}
+    part["settings"]["models"] = list(builders)
     for impl, build in builders.items():
         cfg = quality_config(args, impl)
         if impl == "tfattn":
@@ -574,8 +575,10 @@ def main(argv=None):
                         "`test` for a seconds-long smoke run)")
     parser.add_argument("--budget_minutes", type=float,
                         help="quality: time budget per training (preset: 30)")
+    parser.add_argument("--models", nargs="+", default=["tfattn", "keras_hub"],
+                        choices=["tfattn", "keras_hub"], help="quality: which models to train")
     parser.add_argument("--max_train_examples", type=int, help="quality: subsample training data")
-    parser.add_argument("--epochs", type=int, help="quality: epochs (preset: 40)")
+    parser.add_argument("--epochs", type=int, help="quality: epochs (default: the preset's)")
     parser.add_argument("--workdir", default=os.path.join("runs", "benchmark_vit"),
                         help="quality: training outputs go to <workdir>/{tfattn,keras_hub}")
     args = parser.parse_args(argv)

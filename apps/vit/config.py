@@ -4,10 +4,11 @@ Presets (run with `python -m apps.vit.train --preset NAME --workdir DIR`; any fi
 overridden, e.g. `--epochs 5 --strategy mirrored`):
 
     test        seconds; unit tests only (tiny model, 512 training images, 1 epoch).
-    tiny        `make demo`: 28x28 Fashion-MNIST, patch 4, 4 layers of width 64 (~0.2M
-                parameters), 3 epochs, a few minutes on 2 CPU cores; ~85% test accuracy.
+    tiny        `make demo`: 28x28 Fashion-MNIST, patch 4, 4 layers of width 64 (139k
+                parameters), 3 epochs: measured 82.3% test accuracy, ~4.5 minutes of
+                training on 2 CPU cores (~5 minutes for the whole command).
     fmnist      the Fashion-MNIST quality benchmark (`benchmarks/vit.py --quality`): SPT + LSA,
-                RandAugment, 30-minute time budget on 2 CPU cores.
+                6 layers of width 64, 18 epochs under a 30-minute budget on 2 CPU cores.
     ti16/s16/b16  ViT-Ti/S/B with 16x16 patches at 224 px (Dosovitskiy et al. 2021; Touvron
                 et al. 2021 for Ti) for GPU/TPU, e.g. `--dataset tfds:imagenette
                 --strategy auto --precision mixed_bfloat16`.
@@ -134,6 +135,15 @@ class Config:
         return (self.image_size // self.patch_size,) * 2
 
 
+_IMAGENET_RECIPE = {
+    "image_size": 224, "patch_size": 16, "num_layers": 12, "channels": 3, "batch_size": 256,
+    "epochs": 300, "learning_rate": 1.25e-4,  # DeiT: 5e-4 per 512 images
+    "weight_decay": 0.05, "warmup_epochs": 5.0,
+    "pad": 0, "random_resized_crop": True, "flip": True, "randaugment_layers": 2,
+    "randaugment_magnitude": 0.3, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+    "drop_path_rate": 0.1, "label_smoothing": 0.1,
+}
+
 PRESETS = {
     "test": {
         "max_train_examples": 512,
@@ -160,41 +170,25 @@ PRESETS = {
         "warmup_epochs": 0.5,
     },
     "fmnist": {
-        "hidden_dim": 96,
+        "hidden_dim": 64,
         "num_layers": 6,
         "num_heads": 4,
-        "intermediate_dim": 192,
+        "intermediate_dim": 128,
         "patch_size": 4,
         "spt": True,
         "lsa": True,
-        "epochs": 40,
+        "epochs": 18,
         "batch_size": 128,
         "learning_rate": 2e-3,
-        "warmup_epochs": 2.0,
-        "drop_path_rate": 0.1,
-        "randaugment_layers": 2,
-        "randaugment_magnitude": 0.1,  # Keras factor: up to ~36 degree rotations
+        "warmup_epochs": 1.0,
+        "drop_path_rate": 0.05,
         "time_budget_minutes": 30.0,
     },
-    "ti16": {
-        "image_size": 224, "patch_size": 16, "hidden_dim": 192, "num_layers": 12,
-        "num_heads": 3, "intermediate_dim": 768, "channels": 3, "batch_size": 256,
-        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
-        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
-        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
-    },
-    "s16": {
-        "image_size": 224, "patch_size": 16, "hidden_dim": 384, "num_layers": 12,
-        "num_heads": 6, "intermediate_dim": 1536, "channels": 3, "batch_size": 256,
-        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
-        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
-        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
-    },
+    # ViT-Ti/S/B at 224 px with the DeiT training recipe (Touvron et al. 2021).
+    "ti16": {**_IMAGENET_RECIPE, "hidden_dim": 192, "num_heads": 3, "intermediate_dim": 768},
+    "s16": {**_IMAGENET_RECIPE, "hidden_dim": 384, "num_heads": 6, "intermediate_dim": 1536},
     "b16": {
-        "image_size": 224, "patch_size": 16, "hidden_dim": 768, "num_layers": 12,
-        "num_heads": 12, "intermediate_dim": 3072, "channels": 3, "batch_size": 128,
-        "epochs": 300, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5.0,
-        "random_resized_crop": True, "randaugment_layers": 2, "randaugment_magnitude": 0.3,
-        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "drop_path_rate": 0.1, "pad": 0,
+        **_IMAGENET_RECIPE, "hidden_dim": 768, "num_heads": 12, "intermediate_dim": 3072,
+        "batch_size": 128,
     },
 }

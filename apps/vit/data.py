@@ -30,6 +30,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -282,17 +283,18 @@ def _list_class_dirs(root):
 
 def _read_class_folders(root):
     """{class_name: [decoded images]} plus the unreadable paths, for one split folder."""
-    images, skipped = {}, []
+    files = []
     for name in _list_class_dirs(root):
-        images[name] = []
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
             dirnames.sort()
-            for filename in sorted(filenames):
-                path = os.path.join(dirpath, filename)
-                try:
-                    images[name].append((path, _decode_file(path)))
-                except (tf.errors.OpError, OSError):
-                    skipped.append(path)
+            files += [(name, os.path.join(dirpath, f)) for f in sorted(filenames)]
+    images, skipped = {name: [] for name in _list_class_dirs(root)}, []
+    # A progress bar on a terminal (tqdm disables itself when stderr is not a TTY).
+    for name, path in tqdm(files, desc=f"decoding {root}", unit="file", disable=None):
+        try:
+            images[name].append((path, _decode_file(path)))
+        except (tf.errors.OpError, OSError):
+            skipped.append(path)
     return images, skipped
 
 

@@ -191,6 +191,8 @@ def run(cfg, build_model=build_vit):
         "train_seconds": round(train_seconds, 1),
         "input_wait": input_wait.summary(),
         "parameters": count_params(model),
+        "num_replicas": strategy.num_replicas_in_sync,
+        "global_batch_size": global_batch,
     }
     if chief:
         model.save(os.path.join(workdir, "model.keras"))

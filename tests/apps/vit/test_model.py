@@ -79,6 +79,22 @@ def test_resize_keeps_weights_and_runs_at_new_size():
     np.testing.assert_allclose(same(x28), model(x28), atol=1e-6)
 
 
+def test_resized_model_fine_tunes_at_the_new_size():
+    cfg = _cfg(patch_size=4)
+    model, _ = build_vit(cfg, num_classes=3, channels=1)
+    bigger, _ = resize_vit(model, cfg, 3, 1, 56)
+    bigger.compile(keras.optimizers.AdamW(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8, 56, 56, 1)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    before = bigger.get_layer("positions").get_weights()[0].copy()
+    losses = bigger.fit(x, y, epochs=3, batch_size=8, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    # The stored (28 px) grid is what trains: gradients flow through the interpolation.
+    after = bigger.get_layer("positions").get_weights()[0]
+    assert after.shape == before.shape and not np.allclose(after, before)
+
+
 def test_bad_image_size_for_patch():
     with pytest.raises(ValueError, match="divisible by patch_size"):
         build_vit(_cfg(patch_size=7), 10, 1, image_size=30)

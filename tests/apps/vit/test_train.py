@@ -165,3 +165,28 @@ def test_cli_errors_name_the_problem():
     assert result.returncode == 2 and "divisible by `patch_size`" in result.stderr
     result = run("--help")
     assert result.returncode == 0 and "--randaugment_layers" in result.stdout
+
+
+@pytest.mark.slow
+def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    """The app under MirroredStrategy (2 logical CPUs, set before TF starts: a subprocess)."""
+    _require_data()
+    workdir = tmp_path / "mirrored"
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from apps.vit import train\n"
+        "train.main(sys.argv[1:])\n"
+    )
+    args = ["--preset", "test", "--strategy", "mirrored", "--batch_size", "32",
+            "--workdir", str(workdir), "--verbose", "0"]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(workdir / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["num_replicas"] == 2 and summary["global_batch_size"] == 64
+    assert np.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.1
+    assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
