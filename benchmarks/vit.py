@@ -407,7 +407,7 @@ def quality_config(args, impl):
     return Config(**overrides)
 
 
-def run_quality(args, write):
+def run_quality(args, write, out=None):
     from apps.vit.train import run
 
     part = {
@@ -427,6 +427,16 @@ def run_quality(args, write):
         "results": {},
         "notes": QUALITY_NOTES,
     }
+    # Training one model (--models) keeps the other's result from an earlier run of the same
+    # settings, so the two 30-minute runs can happen in separate sessions.
+    earlier = read_results(out).get("quality", {}) if out else {}
+    same = {k: v for k, v in part["settings"].items() if k != "models"}
+    if {k: v for k, v in earlier.get("settings", {}).items() if k in same} == {
+        k: v for k, v in same.items() if k in earlier.get("settings", {})
+    }:
+        part["results"].update(
+            {k: v for k, v in earlier.get("results", {}).items() if k not in args.models}
+        )
     builders = {"tfattn": build_vit, "keras_hub": build_keras_hub_vit}
     builders = {k: v for k, v in builders.items() if k in args.models}
     part["settings"]["models"] = list(builders)
@@ -598,7 +608,7 @@ def main(argv=None):
     read_results(out)  # fail now, not after an hour, if --out cannot be merged into
 
     if args.quality:
-        part = run_quality(args, lambda p: write_part(out, "quality", p))
+        part = run_quality(args, lambda p: write_part(out, "quality", p), out)
         info = write_part(out, "quality", part)
     else:
         settings = dict(QUICK if args.quick else FULL)
