@@ -40,7 +40,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -56,6 +55,7 @@ import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfattn  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
 
 # Every cell builds fresh tf.functions on purpose; TF's "excessive retracing" warning is noise.
 tf.get_logger().setLevel("ERROR")
@@ -263,25 +263,6 @@ def markdown_table(cells):
             f"/ {r['keras_hub']['peak_rss_delta_mib']:.0f} |"
         )
     return "\n".join(lines)
-
-
-def machine_info():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        model = platform.processor() or model
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": model,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
 
 
 def main(argv=None):

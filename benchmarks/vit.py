@@ -48,7 +48,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -61,12 +60,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfattn  # noqa: E402
 from apps.vit.config import PRESETS, Config  # noqa: E402
 from apps.vit.model import build_vit, count_params  # noqa: E402
+from benchmarks.machine import load_average as _load  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
 
@@ -502,10 +502,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _load():
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def _finite(tree):
     """NaN/inf -> None in a nest of dicts, so the JSON stays standard."""
     if isinstance(tree, dict):
@@ -517,25 +513,6 @@ def _finite(tree):
 
 def _fmt_load(load):
     return "/".join(f"{v:.1f}" for v in load) if load else "?"
-
-
-def machine_info():
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        model = platform.processor() or model
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": model,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_start": _load(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
 
 
 def versions():
