@@ -26,7 +26,12 @@ import tensorflow as tf
 
 from apps.vit import data as vit_data
 from apps.vit.config import PRESETS, Config
-from apps.vit.evaluate import classification_report, confusion_figure, misclassified_figure
+from apps.vit.evaluate import (
+    classification_report,
+    confusion_figure,
+    misclassified_figure,
+    predict_logits,
+)
 from apps.vit.export import export_vit, next_version, read_preprocessing, write_preprocessing
 from apps.vit.model import build_vit, count_params, num_prefix_tokens
 from tfattn import training
@@ -61,16 +66,25 @@ def make_augment(cfg):
     )
 
 
+def normalised_batch(images, cfg, mean, std):
+    """uint8 images -> one float batch as the model takes it (resized like training data:
+    TFDS sources keep their own size until the pipeline resizes them)."""
+    labels = np.zeros(len(images), np.int32)
+    ds = vit_data.make_pipeline(images, labels, len(images), False, image_size=cfg.image_size,
+                                mean=mean, std=std)
+    return next(iter(ds))[0].numpy()
+
+
 def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
     """Attention rollout on fixed test images; confusion matrix and errors on validation."""
-    normalise = lambda x: ((x.astype("float32") / 255.0) - mean) / std  # noqa: E731
     samples = data.x_test[: cfg.attention_images]
     x_val, y_val = data.x_val[:MONITOR_EXAMPLES], data.y_val[:MONITOR_EXAMPLES]
     cache = {}
 
     def val_logits(model, epoch):
-        if cache.get("epoch") != epoch:
-            cache.update(epoch=epoch, logits=np.asarray(model.predict(normalise(x_val), verbose=0)))
+        if cache.get("epoch") != epoch:  # one prediction per epoch for both image hooks
+            logits = predict_logits(model, x_val, mean, std, image_size=cfg.image_size)
+            cache.update(epoch=epoch, logits=logits)
         return cache["logits"]
 
     def confusion(model, epoch):
@@ -89,7 +103,7 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
     if attention_model is not None:
         callbacks.append(
             training.AttentionMapCallback(
-                normalise(samples), attention_model, log_dir, grid_size=cfg.grid_size,
+                normalised_batch(samples, cfg, mean, std), attention_model, log_dir, grid_size=cfg.grid_size,
                 images=samples.astype("float32") / 255.0, num_prefix_tokens=num_prefix_tokens(cfg),
             )
         )
@@ -204,7 +218,7 @@ def run(cfg, build_model=build_vit):
         )
         summary["saved_model"] = report["path"]
         if cfg.tflite:
-            x_eval = ((data.x_test[:500].astype("float32") / 255.0) - mean) / std
+            x_eval = normalised_batch(data.x_test[:500], cfg, mean, std)
             summary["tflite"] = training.export_tflite(
                 model, os.path.join(export_dir, f"{cfg.export_name}.tflite"),
                 eval_inputs=x_eval, eval_labels=data.y_test[:500],

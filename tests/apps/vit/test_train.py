@@ -190,3 +190,15 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert summary["num_replicas"] == 2 and summary["global_batch_size"] == 64
     assert np.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.1
     assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
+
+
+def test_trains_at_a_size_other_than_the_source_images(tmp_path):
+    """28 px Fashion-MNIST trained at 32 px: the pipeline, the per-epoch image hooks, the
+    attention samples and the export all resize (TFDS sources keep their own size too)."""
+    _require_data()
+    cfg = Config(**dict(PRESETS["test"], image_size=32, patch_size=8, max_train_examples=256,
+                        tflite=True), workdir=str(tmp_path / "run32"))
+    summary = vit_train.run(cfg)
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
+    assert vit_export.read_preprocessing(cfg.workdir)["image_size"] == 32
+    assert summary["tflite"]["quantized_bytes"] > 0
