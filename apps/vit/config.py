@@ -82,7 +82,7 @@ class Config:
     seed: int = 0
     early_stopping_patience: int | None = None
     profile_batches: int | None = None
-    attention_images: int = 8  # test images whose attention is logged each epoch
+    attention_images: int = 8  # test images whose attention is logged each epoch (0: none)
     verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
 
     # Export
@@ -121,6 +121,8 @@ class Config:
             raise ValueError(
                 f"`validation_fraction` must be in (0, 1); got {self.validation_fraction}."
             )
+        if self.attention_images < 0:
+            raise ValueError(f"`attention_images` must be >= 0; got {self.attention_images}.")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"`max_train_examples` must be >= 1; got {self.max_train_examples}.")
         if not 0.0 <= self.warmup_epochs < self.epochs:
@@ -169,6 +171,9 @@ PRESETS = {
         "learning_rate": 2e-3,
         "warmup_epochs": 0.5,
     },
+    # 6x64 with SPT + LSA: 90.71% in 29.4 min (benchmarks/results/vit.json). It underfits
+    # (train ~ validation); a variant without pad-crop, label smoothing and drop path
+    # (20 epochs) overfits instead: 98.3% train, 90.53% test.
     "fmnist": {
         "hidden_dim": 64,
         "num_layers": 6,

@@ -100,7 +100,7 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
         training.ImageHookCallback(confusion, log_dir, "confusion_matrix"),
         training.ImageHookCallback(misclassified, log_dir, "misclassified"),
     ]
-    if attention_model is not None:
+    if attention_model is not None and len(samples):  # attention_images=0: no attention maps
         callbacks.append(
             training.AttentionMapCallback(
                 normalised_batch(samples, cfg, mean, std), attention_model, log_dir, grid_size=cfg.grid_size,
@@ -108,6 +108,13 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
             )
         )
     return callbacks
+
+
+# Fields that may differ when a killed run is resumed from <workdir>/backup.
+RESUME_MAY_CHANGE = (
+    "workdir", "verbose", "overwrite", "export_name", "export_version", "top_k", "tflite",
+    "time_budget_minutes", "profile_batches", "attention_images", "early_stopping_patience",
+)
 
 
 def run(cfg, build_model=build_vit):
@@ -121,6 +128,7 @@ def run(cfg, build_model=build_vit):
     chief = training.is_chief(strategy)
     training.set_precision(cfg.precision)
     workdir = cfg.workdir
+    training.check_resume(cfg, workdir, ignore=RESUME_MAY_CHANGE)
     training.write_config(cfg, workdir)
 
     # Data: uint8 arrays in memory; tf.data does scaling, augmentation and batching.

@@ -7,6 +7,7 @@ import pytest
 
 from tfattn.training.config import (
     build_parser,
+    check_resume,
     check_value,
     config_from_dict,
     config_to_dict,
@@ -222,6 +223,22 @@ def test_write_config_unwritable_workdir(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match=r"workdir '.*a_file/run' is not writable"):
         write_config(Config(), blocker / "run")
+
+
+def test_check_resume_refuses_a_backup_from_another_config(tmp_path):
+    workdir = tmp_path / "run"
+    saved = Config(image_size=28, grid=(2, 2))
+    write_config(saved, workdir)
+    check_resume(Config(image_size=32), workdir)  # no backup: nothing to resume, any config
+    (workdir / "backup").mkdir()
+    check_resume(saved, workdir)  # the same config resumes
+    check_resume(dataclasses.replace(saved, max_steps=5), workdir, ignore=("max_steps",))
+    with pytest.raises(ValueError) as err:
+        check_resume(dataclasses.replace(saved, image_size=32, learning_rate=0.1), workdir)
+    message = str(err.value)
+    assert "unfinished run" in message and str(workdir) in message
+    assert "image_size: 28 -> 32" in message and "learning_rate: 0.001 -> 0.1" in message
+    assert "grid" not in message  # tuple vs its JSON list is no difference
 
 
 def test_unsupported_field_type_and_reserved_name():

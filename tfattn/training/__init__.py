@@ -15,6 +15,7 @@ from tfattn.training.callbacks import (
 )
 from tfattn.training.config import (
     build_parser,
+    check_resume,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -66,6 +67,7 @@ __all__ = [
     "figure_to_image",
     "global_batch_size",
     "is_chief",
+    "check_resume",
     "load_config",
     "parse_config",
     "parse_tf_config",

@@ -325,6 +325,42 @@ def config_to_dict(cfg):
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def check_resume(cfg, workdir, ignore=()):
+    """Refuses to resume `<workdir>/backup` under a config other than the one it was saved with.
+
+    A killed run resumes from `<workdir>/backup` when started again with the same command;
+    restoring it into a model of another shape (or another recipe) would fail deep inside
+    Keras or, worse, train on silently. Call this before `write_config`.
+
+    Args:
+        cfg: the new run's config dataclass.
+        workdir: the run directory.
+        ignore: field names that may differ on resumption (verbosity, export options, ...).
+
+    Raises:
+        ValueError: naming the workdir and the differing fields, when a backup exists and
+            `<workdir>/config.json` differs from `cfg` outside `ignore`.
+    """
+    workdir = os.fspath(workdir)
+    stored_path = os.path.join(workdir, "config.json")
+    if not (os.path.isdir(os.path.join(workdir, "backup")) and os.path.exists(stored_path)):
+        return
+    stored = _read_json(stored_path)
+    current = json.loads(json.dumps(config_to_dict(cfg)))
+    changed = sorted(
+        k for k in set(stored) | set(current)
+        if k not in ignore and stored.get(k) != current.get(k)
+    )
+    if changed:
+        listed = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(
+            f"workdir {workdir!r} holds an unfinished run (backup/) saved with another config "
+            f"({listed}{more}). Resume it with its own config ({stored_path}), use another "
+            f"--workdir, or delete {os.path.join(workdir, 'backup')} to start over."
+        )
+
+
 def write_config(cfg, workdir):
     """Writes the resolved config to `<workdir>/config.json` (creating `workdir`).
 

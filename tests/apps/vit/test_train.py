@@ -202,3 +202,26 @@ def test_trains_at_a_size_other_than_the_source_images(tmp_path):
     assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
     assert vit_export.read_preprocessing(cfg.workdir)["image_size"] == 32
     assert summary["tflite"]["quantized_bytes"] > 0
+
+
+def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
+    _require_data()
+    cfg = Config(**dict(PRESETS["test"], max_train_examples=128, attention_images=0),
+                 workdir=str(tmp_path / "no_attention"))
+    summary = vit_train.run(cfg)
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
+    images = _event_tags(os.path.join(cfg.workdir, "tensorboard", "images"))
+    assert {"confusion_matrix", "misclassified"} <= images
+    assert not any(t.startswith("attention") for t in images), images
+    with pytest.raises(ValueError, match="attention_images"):
+        Config(attention_images=-1)
+
+
+def test_refuses_to_resume_a_backup_of_another_architecture(tmp_path):
+    # A killed 128-wide run leaves backup/; starting a 64-wide run in the same workdir must
+    # fail up front naming the field, not deep inside Keras's restore.
+    workdir = tmp_path / "run"
+    training.write_config(Config(**dict(PRESETS["test"], hidden_dim=32)), workdir)
+    (workdir / "backup").mkdir()
+    with pytest.raises(ValueError, match=r"hidden_dim: 32 -> 16"):
+        vit_train.run(Config(**PRESETS["test"], workdir=str(workdir), verbose=0))
