@@ -190,6 +190,12 @@ def test_vit_quality_pairs_results_only_from_the_same_recipe():
     assert not same_quality_run(dict(read_back, recipe={"hidden_dim": 64, "crop_scale": [0.35, 1.0]}), base)
     assert not same_quality_run({k: v for k, v in read_back.items() if k != "recipe"}, base)
     assert not same_quality_run(dict(read_back, epochs=3), base)
+    # Fields a model does not implement may differ when pairing that model's result.
+    stem = dict(base, recipe={"hidden_dim": 128, "crop_scale": (0.35, 1.0), "conv_stem": True})
+    spt = dict(read_back, recipe={"hidden_dim": 128, "crop_scale": [0.35, 1.0], "conv_stem": False})
+    assert not same_quality_run(spt, stem)
+    assert same_quality_run(spt, stem, ignore=("conv_stem",))
+    assert not same_quality_run(dict(spt, epochs=3), stem, ignore=("conv_stem",))
 
 
 def test_vit_refuses_to_merge_into_a_foreign_file(tmp_path):

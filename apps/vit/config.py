@@ -50,6 +50,7 @@ class Config:
     layer_scale_init_value: float | None = None
     spt: bool = False  # shifted patch tokenisation (Lee et al. 2021)
     lsa: bool = False  # locality self-attention: learned temperature, no self-attention
+    conv_stem: bool = False  # stride-2 3x3 conv stem instead of patchify (Xiao et al. 2021)
 
     # Optimisation
     epochs: int = 10
@@ -120,6 +121,12 @@ class Config:
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"`validation_fraction` must be in (0, 1); got {self.validation_fraction}."
+            )
+        if self.conv_stem and self.spt:
+            raise ValueError("`conv_stem` and `spt` are two patch tokenisers; choose one.")
+        if self.conv_stem and self.patch_size & (self.patch_size - 1):
+            raise ValueError(
+                f"`conv_stem` needs a power-of-two `patch_size`; got {self.patch_size}."
             )
         if self.attention_images < 0:
             raise ValueError(f"`attention_images` must be >= 0; got {self.attention_images}.")

@@ -9,8 +9,12 @@ trained on and is resized bilinearly for another input size, so `build_vit(cfg, 
 image_size=56)` followed by `set_weights` runs a model trained at 28 px on 56 px images
 (`resize_vit` does both).
 
+The patch tokeniser is a patchify convolution (ViT), Shifted Patch Tokenization (`spt`) or
+a convolutional stem (`conv_stem`); all three give the same token grid.
+
 Reference: Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words" (ViT); Lee, Lee & Song
-2021, "Vision Transformer for Small-Size Datasets" (SPT + LSA).
+2021, "Vision Transformer for Small-Size Datasets" (SPT + LSA); Xiao et al. 2021, "Early
+Convolutions Help Transformers See Better" (convolutional stem).
 """
 
 import keras
@@ -18,6 +22,7 @@ import numpy as np
 
 from tfattn.layers import (
     AttentionPooling,
+    ConvPatchEmbedding,
     PatchEmbedding,
     PositionEmbedding,
     ShiftedPatchEmbedding,
@@ -59,7 +64,9 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
     grid = (size // cfg.patch_size, size // cfg.patch_size)
 
     images = keras.Input((size, size, channels), name="image")
-    patch_layer = ShiftedPatchEmbedding if cfg.spt else PatchEmbedding
+    patch_layer = (
+        ConvPatchEmbedding if cfg.conv_stem else ShiftedPatchEmbedding if cfg.spt else PatchEmbedding
+    )
     x = patch_layer(
         cfg.hidden_dim, cfg.patch_size, use_class_token=use_class_token, name="patches"
     )(images)  # (batch, prefix + gh * gw, hidden_dim)

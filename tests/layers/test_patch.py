@@ -1,5 +1,5 @@
-"""PatchEmbedding and ShiftedPatchEmbedding: NumPy references, token order, shift directions,
-class token, image sizes, contract, errors."""
+"""PatchEmbedding, ShiftedPatchEmbedding and ConvPatchEmbedding: NumPy references, token
+order, shift directions, class token, image sizes, contract, errors."""
 
 import keras
 import numpy as np
@@ -7,7 +7,12 @@ import pytest
 from keras import ops
 
 from tests.contract import check_layer_contract
-from tfattn.layers.patch import PatchEmbedding, ShiftedPatchEmbedding, shifted_patches
+from tfattn.layers.patch import (
+    ConvPatchEmbedding,
+    PatchEmbedding,
+    ShiftedPatchEmbedding,
+    shifted_patches,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -283,3 +288,121 @@ def test_shifted_errors():
         ShiftedPatchEmbedding(hidden_dim=4, patch_size=2)(np.zeros((4, 4, 3), "float32"))
     with pytest.raises(ValueError, match=r"shifted_patches needs .* image size \(4, 5\)"):
         shifted_patches(np.zeros((1, 4, 5, 1), "float32"), 2)
+
+
+# --- ConvPatchEmbedding ---------------------------------------------------------------------
+
+
+def _conv_same_numpy(x, kernel, strides):
+    """float64 reference of a "same"-padded convolution (TF's padding: the extra pixel of
+    an odd total padding goes after). x: (b, h, w, c), kernel: (kh, kw, c, f)."""
+    kh, kw, _, f = kernel.shape
+    (sh, sw), (b, h, w, _) = strides, x.shape
+    oh, ow = -(-h // sh), -(-w // sw)
+    pad_h, pad_w = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+    x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((b, oh, ow, f))
+    for i in range(oh):
+        for j in range(ow):
+            window = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            out[:, i, j] = np.tensordot(window, kernel, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+def _conv_stem_numpy(layer, images):
+    """Tokens of a built ConvPatchEmbedding in inference mode, from its weights."""
+    x = images.astype(np.float64)
+    for conv, norm, strides in zip(layer.convs, layer.norms, layer.strides):
+        x = _conv_same_numpy(x, _np(conv.kernel).astype(np.float64), strides)
+        gamma, beta, mean, var = (_np(w).astype(np.float64) for w in (
+            norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
+        x = np.maximum((x - mean) / np.sqrt(var + norm.epsilon) * gamma + beta, 0.0)
+    kernel = _np(layer.projection.kernel).astype(np.float64)[0, 0]  # (filters, hidden_dim)
+    x = x @ kernel + _np(layer.projection.bias)
+    return x.reshape(x.shape[0], -1, x.shape[-1])  # row-major tokens
+
+
+@pytest.mark.parametrize("patch_size, image_shape", [(4, (2, 8, 12, 3)), ((4, 2), (2, 8, 6, 1))])
+def test_conv_stem_matches_numpy(patch_size, image_shape):
+    layer = ConvPatchEmbedding(hidden_dim=8, patch_size=patch_size, use_class_token=True)
+    images = _images(*image_shape)
+    layer(images)
+    # Non-trivial BatchNorm statistics, so the reference checks how they are applied.
+    for norm in layer.norms:
+        n = norm.moving_mean.shape[0]
+        norm.moving_mean.assign(RNG.normal(size=n).astype("float32") * 0.1)
+        norm.moving_variance.assign(RNG.uniform(0.5, 2.0, size=n).astype("float32"))
+        norm.gamma.assign(RNG.uniform(0.5, 1.5, size=n).astype("float32"))
+        norm.beta.assign(RNG.normal(size=n).astype("float32") * 0.1)
+    out = _np(layer(images, training=False))
+    ph, pw = layer.patch_size
+    grid = (image_shape[1] // ph, image_shape[2] // pw)
+    assert layer.grid_size(image_shape[1:3]) == grid
+    assert out.shape == (image_shape[0], 1 + grid[0] * grid[1], 8)
+    np.testing.assert_allclose(out[:, 0], np.zeros((image_shape[0], 8)), atol=0)  # class token
+    np.testing.assert_allclose(out[:, 1:], _conv_stem_numpy(layer, images), atol=1e-4, rtol=1e-4)
+
+
+def test_conv_stem_layout_and_locality():
+    layer = ConvPatchEmbedding(hidden_dim=16, patch_size=8)
+    assert layer.strides == [(2, 2)] * 3
+    assert layer.filters == [8, 8, 16]  # doubling up to hidden_dim, at least 8
+    assert ConvPatchEmbedding(hidden_dim=64, patch_size=(4, 2)).strides == [(2, 2), (2, 1)]
+    assert ConvPatchEmbedding(hidden_dim=64, patch_size=4).filters == [32, 64]
+    # A pixel reaches only tokens within the stem's receptive field (2 * patch - 1 = 7 px
+    # for patch 4): here the token of its own patch and its right/lower neighbours.
+    layer = ConvPatchEmbedding(hidden_dim=8, patch_size=4)
+    base = np.zeros((1, 16, 16, 1), "float32")
+    poke = base.copy()
+    poke[0, 7, 7, 0] = 5.0  # last pixel of patch (1, 1)
+    diff = np.abs(_np(layer(poke)) - _np(layer(base))).sum(-1).reshape(4, 4)
+    changed = {tuple(i) for i in np.argwhere(diff > 1e-6)}
+    assert (1, 1) in changed
+    assert changed <= {(1, 1), (1, 2), (2, 1), (2, 2)}, changed
+
+
+def test_conv_stem_any_divisible_image_size_with_unknown_static_size():
+    layer = ConvPatchEmbedding(hidden_dim=4, patch_size=(2, 4), use_class_token=True)
+    inputs = keras.Input((None, None, 3))
+    outputs = layer(inputs)
+    assert tuple(outputs.shape) == (None, None, 4)
+    model = keras.Model(inputs, outputs)
+    for h, w in [(4, 8), (6, 16)]:
+        images = _images(2, h, w, 3)
+        out = model.predict(images, verbose=0)
+        assert out.shape == (2, 1 + (h // 2) * (w // 4), 4)
+        np.testing.assert_allclose(out, _np(layer(images)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, shape, expected",
+    [
+        ({"hidden_dim": 6, "patch_size": 2}, (2, 4, 6, 3), (2, 6, 6)),
+        (
+            {"hidden_dim": 8, "patch_size": 4, "filters": [4, 12], "use_class_token": True,
+             "kernel_initializer": "glorot_uniform"},
+            (2, 8, 8, 1),
+            (2, 5, 8),
+        ),
+    ],
+)
+def test_conv_stem_contract(init_kwargs, shape, expected):
+    check_layer_contract(
+        ConvPatchEmbedding, init_kwargs, _images(*shape), expected_output_shape=expected
+    )
+
+
+def test_conv_stem_errors():
+    with pytest.raises(ValueError, match="`hidden_dim` must be a positive int"):
+        ConvPatchEmbedding(hidden_dim=0, patch_size=2)
+    with pytest.raises(ValueError, match=r"powers of two >= 2 .* got patch_size \(3, 3\)"):
+        ConvPatchEmbedding(hidden_dim=4, patch_size=3)
+    with pytest.raises(ValueError, match=r"powers of two >= 2 .* got patch_size \(4, 1\)"):
+        ConvPatchEmbedding(hidden_dim=4, patch_size=(4, 1))
+    with pytest.raises(ValueError, match=r"`filters` must be 2 positive ints .* got \[8\]"):
+        ConvPatchEmbedding(hidden_dim=4, patch_size=4, filters=[8])
+    layer = ConvPatchEmbedding(hidden_dim=4, patch_size=4)
+    with pytest.raises(ValueError, match=r"ConvPatchEmbedding needs .* image size \(8, 10\)"):
+        layer(np.zeros((1, 8, 10, 3), "float32"))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
+        ConvPatchEmbedding(hidden_dim=4, patch_size=2)(np.zeros((4, 4, 3), "float32"))

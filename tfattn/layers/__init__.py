@@ -11,7 +11,12 @@ from tfattn.layers.masks import (
     window_mask,
 )
 from tfattn.layers.multi_head_attention import MultiHeadAttention
-from tfattn.layers.patch import PatchEmbedding, ShiftedPatchEmbedding, shifted_patches
+from tfattn.layers.patch import (
+    ConvPatchEmbedding,
+    PatchEmbedding,
+    ShiftedPatchEmbedding,
+    shifted_patches,
+)
 from tfattn.layers.pooling import AttentionPooling
 from tfattn.layers.position import (
     PositionEmbedding,
@@ -26,6 +31,7 @@ __all__ = [
     "SCORES",
     "AdditiveAttention",
     "AttentionPooling",
+    "ConvPatchEmbedding",
     "DropPath",
     "LayerScale",
     "MLP",

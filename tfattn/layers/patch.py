@@ -1,7 +1,7 @@
 """Image to patch tokens, flattened row-major, with an optional class token.
 
-`PatchEmbedding` (ViT: a strided convolution) and `ShiftedPatchEmbedding` (Shifted Patch
-Tokenization for small datasets).
+`PatchEmbedding` (ViT: a strided convolution), `ShiftedPatchEmbedding` (Shifted Patch
+Tokenization for small datasets) and `ConvPatchEmbedding` (a convolutional stem).
 """
 
 import numbers
@@ -313,6 +313,158 @@ class ShiftedPatchEmbedding(keras.layers.Layer):
                 "patch_size": self.patch_size,
                 "use_class_token": self.use_class_token,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfattn")
+class ConvPatchEmbedding(keras.layers.Layer):
+    """Convolutional stem: patch tokens from a stack of stride-2 3x3 convolutions.
+
+    Replaces ViT's single patchify convolution by `log2(patch_size)` convolutions with
+    kernel 3, stride 2 and "same" padding, each followed by BatchNormalization and ReLU,
+    then a 1x1 convolution to `hidden_dim` (Xiao et al. 2021 report that such a stem makes
+    ViTs optimise faster, less sensitive to the learning rate and more accurate at equal
+    compute). Each token sees a (2 * patch_size - 1)-pixel neighbourhood instead of its own
+    patch. The grid, row-major token order and optional class token are those of
+    `PatchEmbedding`, so position embeddings, pooling and attention maps are unchanged.
+
+    Args:
+        hidden_dim: size of each token.
+        patch_size: int or `(patch_height, patch_width)`, each a power of two >= 2 (the
+            number of stride-2 convolutions is log2 of it; non-square sizes use stride 1 on
+            the shorter side once it is reached).
+        filters: channels of the stride-2 convolutions: a list with one entry per
+            convolution, or None for `hidden_dim // 2**(n - 1 - i)` for convolution i of n
+            (doubling up to `hidden_dim`; at least 8).
+        use_class_token: prepend a learned class token (initialised to zeros).
+        kernel_initializer: initializer of the convolution kernels.
+
+    Call arguments:
+        inputs: images `(batch, height, width, channels)`.
+        training: BatchNormalization mode.
+
+    Returns:
+        `(batch, num_patches, hidden_dim)`, or `(batch, 1 + num_patches, hidden_dim)` with
+        the class token, where num_patches = (height // patch_height) * (width // patch_width).
+
+    Example:
+    >>> images = keras.random.normal((2, 32, 32, 3))
+    >>> stem = ConvPatchEmbedding(hidden_dim=64, patch_size=4, use_class_token=True)
+    >>> tokens = stem(images)  # (2, 1 + 8 * 8, 64); convolutions with 32, 64 filters
+
+    Reference: Xiao et al. 2021, "Early Convolutions Help Transformers See Better".
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        patch_size,
+        filters=None,
+        use_class_token=False,
+        kernel_initializer="he_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not _is_positive_int(hidden_dim):
+            raise ValueError(f"`hidden_dim` must be a positive int; got {hidden_dim!r}.")
+        self.hidden_dim = int(hidden_dim)
+        self.patch_size = _as_pair("patch_size", patch_size)
+        for side in self.patch_size:
+            if side < 2 or side & (side - 1):
+                raise ValueError(
+                    "ConvPatchEmbedding needs a patch size whose sides are powers of two >= 2 "
+                    f"(one stride-2 convolution per halving); got patch_size {self.patch_size}."
+                )
+        self.strides = self._strides()
+        n = len(self.strides)
+        if filters is None:
+            filters = [max(8, self.hidden_dim // 2 ** (n - 1 - i)) for i in range(n)]
+        filters = list(filters)
+        if len(filters) != n or not all(map(_is_positive_int, filters)):
+            raise ValueError(
+                f"`filters` must be {n} positive ints (one per stride-2 convolution for "
+                f"patch_size {self.patch_size}); got {filters!r}."
+            )
+        self.filters = [int(f) for f in filters]
+        self.use_class_token = use_class_token
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _strides(self):
+        """One (sy, sx) per convolution: 2 on each side until that side is reduced."""
+        steps_h, steps_w = (side.bit_length() - 1 for side in self.patch_size)
+        return [
+            (2 if i < steps_h else 1, 2 if i < steps_w else 1)
+            for i in range(max(steps_h, steps_w))
+        ]
+
+    def grid_size(self, image_size):
+        """`(height, width)` (or an int for a square image) -> `(height // ph, width // pw)`."""
+        return _grid_size("ConvPatchEmbedding", image_size, self.patch_size)
+
+    def build(self, input_shape):
+        _check_image_shape("ConvPatchEmbedding", input_shape, self.patch_size)
+        self.convs, self.norms = [], []
+        shape = tuple(input_shape)
+        for i, (filters, strides) in enumerate(zip(self.filters, self.strides)):
+            conv = keras.layers.Conv2D(
+                filters,
+                kernel_size=3,
+                strides=strides,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=self.kernel_initializer,
+                dtype=self.dtype_policy,
+                name=f"conv{i}",
+            )
+            norm = keras.layers.BatchNormalization(
+                momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy, name=f"norm{i}"
+            )
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+            self.convs.append(conv)
+            self.norms.append(norm)
+        self.projection = keras.layers.Conv2D(
+            self.hidden_dim,
+            kernel_size=1,
+            kernel_initializer="glorot_uniform",
+            dtype=self.dtype_policy,
+            name="projection",
+        )
+        self.projection.build(shape)
+        if self.use_class_token:
+            self.class_token = self.add_weight(
+                name="class_token", shape=(1, 1, self.hidden_dim), initializer="zeros"
+            )
+
+    def call(self, inputs, training=None):
+        _check_image_shape("ConvPatchEmbedding", inputs.shape, self.patch_size)
+        x = inputs
+        for conv, norm in zip(self.convs, self.norms):
+            x = ops.relu(norm(conv(x), training=training))
+        x = self.projection(x)  # (batch, grid_h, grid_w, hidden_dim)
+        batch = ops.shape(x)[0]
+        x = ops.reshape(x, (batch, -1, self.hidden_dim))  # (batch, num_patches, hidden_dim)
+        if self.use_class_token:
+            x = _prepend_class_token(x, self.class_token)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        _check_image_shape("ConvPatchEmbedding", input_shape, self.patch_size)
+        num_tokens = _num_tokens(input_shape, self.patch_size, self.use_class_token)
+        return (input_shape[0], num_tokens, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "patch_size": self.patch_size,
+                "filters": self.filters,
+                "use_class_token": self.use_class_token,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )

@@ -21,6 +21,7 @@ def _cfg(**overrides):
         ({"pooling": "gap"}, 0),
         ({"pooling": "attention"}, 0),
         ({"pooling": "cls", "spt": True, "lsa": True, "num_layers": 2}, 1),
+        ({"pooling": "cls", "conv_stem": True, "lsa": True, "patch_size": 4}, 1),
     ],
 )
 def test_shapes_and_attention_outputs(overrides, prefix):
@@ -32,7 +33,7 @@ def test_shapes_and_attention_outputs(overrides, prefix):
     scores = attention_model(x)
     scores = scores if isinstance(scores, (list, tuple)) else [scores]  # one block: a tensor
     assert len(scores) == cfg.num_layers
-    tokens = prefix + 16
+    tokens = prefix + cfg.grid_size[0] * cfg.grid_size[1]
     for s in scores:
         s = np.asarray(s)
         assert s.shape == (3, cfg.num_heads, tokens, tokens)
@@ -53,8 +54,13 @@ def test_drop_path_rates_grow_linearly():
     np.testing.assert_allclose(drop_path_rates(0.3, 4), [0.0, 0.1, 0.2, 0.3])
 
 
-def test_keras_round_trip_with_spt_lsa(tmp_path):
-    cfg = _cfg(spt=True, lsa=True, layer_scale_init_value=0.1, pooling="attention")
+@pytest.mark.parametrize(
+    "overrides",
+    [{"spt": True}, {"conv_stem": True, "patch_size": 4}],
+    ids=["spt", "conv_stem"],
+)
+def test_keras_round_trip_with_tokenisers_and_lsa(tmp_path, overrides):
+    cfg = _cfg(lsa=True, layer_scale_init_value=0.1, pooling="attention", **overrides)
     model, _ = build_vit(cfg, num_classes=5, channels=1)
     x = np.random.default_rng(1).normal(size=(2, 28, 28, 1)).astype("float32")
     path = str(tmp_path / "vit.keras")
@@ -63,8 +69,9 @@ def test_keras_round_trip_with_spt_lsa(tmp_path):
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
-def test_resize_keeps_weights_and_runs_at_new_size():
-    cfg = _cfg(patch_size=4)
+@pytest.mark.parametrize("conv_stem", [False, True], ids=["patchify", "conv_stem"])
+def test_resize_keeps_weights_and_runs_at_new_size(conv_stem):
+    cfg = _cfg(patch_size=4, conv_stem=conv_stem)
     model, _ = build_vit(cfg, num_classes=10, channels=1)
     bigger, attention = resize_vit(model, cfg, 10, 1, 56)
     assert bigger.input_shape == (None, 56, 56, 1)
@@ -109,6 +116,8 @@ def test_bad_image_size_for_patch():
         ({"drop_path_rate": 1.0}, "drop_path_rate"),
         ({"warmup_epochs": 5.0, "epochs": 2}, "warmup_epochs"),
         ({"batch_size": 0}, "batch_size"),
+        ({"conv_stem": True, "spt": True}, "`conv_stem` and `spt`"),
+        ({"conv_stem": True, "patch_size": 7}, "power-of-two `patch_size`"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):

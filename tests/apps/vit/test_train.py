@@ -80,21 +80,30 @@ def test_tensorboard_has_scalars_attention_and_app_images(trained):
     assert "epoch_input_wait_fraction" in train_tags
 
 
+def _serving_matches_python(workdir, saved_model, data, images):
+    """Sends PNG bytes of `images` to the export's serving_default and checks it returns
+    the reloaded Keras model's probabilities; returns (signature, outputs, probabilities)."""
+    import keras
+
+    prep = vit_export.read_preprocessing(workdir)
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"))
+    python_logits = vit_evaluate.predict_logits(model, images, prep["mean"], prep["std"])
+    python_probs = tf.nn.softmax(python_logits).numpy()
+
+    fn = tf.saved_model.load(saved_model).signatures["serving_default"]
+    out = fn(image_bytes=tf.constant(list(vit_export.encode_png(images))))
+    np.testing.assert_allclose(out["probabilities"].numpy(), python_probs, atol=1e-5)
+    np.testing.assert_array_equal(out["class_id"].numpy(), python_probs.argmax(-1))
+    return fn, out, python_probs
+
+
 def test_serving_bytes_match_python_predictions(trained):
     cfg, summary = trained
     data = vd.load_dataset("fashion_mnist", validation_fraction=0.1, seed=0)
     images = data.x_test[:16]
-    prep = vit_export.read_preprocessing(cfg.workdir)
-    import keras
-
-    model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"))
-    python_logits = vit_evaluate.predict_logits(model, images, prep["mean"], prep["std"])
-    python_probs = tf.nn.softmax(python_logits).numpy()
-
-    fn = tf.saved_model.load(summary["saved_model"]).signatures["serving_default"]
-    out = fn(image_bytes=tf.constant(list(vit_export.encode_png(images))))
-    np.testing.assert_allclose(out["probabilities"].numpy(), python_probs, atol=1e-5)
-    np.testing.assert_array_equal(out["class_id"].numpy(), python_probs.argmax(-1))
+    fn, out, python_probs = _serving_matches_python(
+        cfg.workdir, summary["saved_model"], data, images
+    )
     names = [n.decode() for n in out["class_name"].numpy()]
     assert names == [data.class_names[i] for i in python_probs.argmax(-1)]
     assert out["top_k_ids"].shape == (16, 5) and out["top_k_names"].shape == (16, 5)
@@ -202,6 +211,19 @@ def test_trains_at_a_size_other_than_the_source_images(tmp_path):
     assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
     assert vit_export.read_preprocessing(cfg.workdir)["image_size"] == 32
     assert summary["tflite"]["quantized_bytes"] > 0
+
+
+def test_conv_stem_trains_exports_and_serves(tmp_path):
+    """The convolutional stem (BatchNorm inside) through train, TFLite and the byte export:
+    serving must use the moving statistics, i.e. match the reloaded model's predictions."""
+    _require_data()
+    cfg = Config(**dict(PRESETS["test"], patch_size=4, conv_stem=True, lsa=True,
+                        max_train_examples=256, tflite=True), workdir=str(tmp_path / "conv"))
+    summary = vit_train.run(cfg)
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
+    assert summary["tflite"]["quantized_bytes"] > 0
+    data = vd.load_dataset("fashion_mnist", validation_fraction=0.1, seed=0)
+    _serving_matches_python(cfg.workdir, summary["saved_model"], data, data.x_test[:8])
 
 
 def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
