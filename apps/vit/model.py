@@ -64,12 +64,16 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
     grid = (size // cfg.patch_size, size // cfg.patch_size)
 
     images = keras.Input((size, size, channels), name="image")
-    patch_layer = (
-        ConvPatchEmbedding if cfg.conv_stem else ShiftedPatchEmbedding if cfg.spt else PatchEmbedding
-    )
-    x = patch_layer(
-        cfg.hidden_dim, cfg.patch_size, use_class_token=use_class_token, name="patches"
-    )(images)  # (batch, prefix + gh * gw, hidden_dim)
+    if cfg.conv_stem:
+        patch_layer = ConvPatchEmbedding(
+            cfg.hidden_dim, cfg.patch_size, depth=cfg.conv_stem_depth,
+            use_class_token=use_class_token, name="patches",
+        )
+    else:
+        patch_layer = (ShiftedPatchEmbedding if cfg.spt else PatchEmbedding)(
+            cfg.hidden_dim, cfg.patch_size, use_class_token=use_class_token, name="patches"
+        )
+    x = patch_layer(images)  # (batch, prefix + gh * gw, hidden_dim)
     positions = PositionEmbedding(
         grid_size=cfg.grid_size, num_prefix_tokens=int(use_class_token), name="positions"
     )

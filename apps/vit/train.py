@@ -113,7 +113,7 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
 RESUME_MAY_CHANGE = (
     "workdir", "verbose", "overwrite", "export_name", "export_version", "top_k", "tflite",
-    "time_budget_minutes", "profile_batches", "attention_images", "early_stopping_patience",
+    "time_budget_minutes", "fit_schedule_to_budget", "profile_batches", "attention_images", "early_stopping_patience",
 )
 
 
@@ -151,9 +151,10 @@ def run(cfg, build_model=build_vit):
     with strategy.scope():
         model, attention_model = build_model(cfg, data.num_classes, channels, name=cfg.export_name)
         peak = cfg.learning_rate * global_batch / 128  # linear scaling rule
+        fit_to_budget = bool(cfg.time_budget_minutes) and cfg.fit_schedule_to_budget
         schedule = training.warmup_cosine(
             peak, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs,
-            end_learning_rate=min(cfg.min_learning_rate, peak),
+            end_learning_rate=min(cfg.min_learning_rate, peak), resizable=fit_to_budget,
         )
         optimizer = keras.optimizers.AdamW(
             schedule, weight_decay=cfg.weight_decay, global_clipnorm=cfg.gradient_clip_norm
@@ -180,7 +181,10 @@ def run(cfg, build_model=build_vit):
         early_stopping_patience=cfg.early_stopping_patience, profile_batches=cfg.profile_batches,
     )
     input_wait = vit_data.InputWaitCallback()
-    budget = training.TimeBudget(cfg.time_budget_minutes)
+    budget = training.TimeBudget(
+        cfg.time_budget_minutes, schedule=schedule if fit_to_budget else None,
+        steps_per_epoch=steps_per_epoch,
+    )
     callbacks[:0] = [input_wait, budget]  # before the loggers, so their values reach TensorBoard
     if chief:
         log_dir = os.path.join(workdir, "tensorboard", "images")
@@ -210,6 +214,7 @@ def run(cfg, build_model=build_vit):
         "best_val_accuracy": float(max(history.history.get("val_accuracy", [float("nan")]))),
         "epochs_run": len(history.history.get("loss", [])),
         "stopped_by_time_budget": budget.stopped_epoch is not None,
+        "schedule_epochs": budget.planned_epochs or cfg.epochs,
         "train_seconds": round(train_seconds, 1),
         "input_wait": input_wait.summary(),
         "parameters": count_params(model),

@@ -312,8 +312,8 @@ def _conv_same_numpy(x, kernel, strides):
 def _conv_stem_numpy(layer, images):
     """Tokens of a built ConvPatchEmbedding in inference mode, from its weights."""
     x = images.astype(np.float64)
-    for conv, norm, strides in zip(layer.convs, layer.norms, layer.strides):
-        x = _conv_same_numpy(x, _np(conv.kernel).astype(np.float64), strides)
+    for conv, norm in zip(layer.convs, layer.norms):
+        x = _conv_same_numpy(x, _np(conv.kernel).astype(np.float64), conv.strides)
         gamma, beta, mean, var = (_np(w).astype(np.float64) for w in (
             norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
         x = np.maximum((x - mean) / np.sqrt(var + norm.epsilon) * gamma + beta, 0.0)
@@ -322,9 +322,14 @@ def _conv_stem_numpy(layer, images):
     return x.reshape(x.shape[0], -1, x.shape[-1])  # row-major tokens
 
 
-@pytest.mark.parametrize("patch_size, image_shape", [(4, (2, 8, 12, 3)), ((4, 2), (2, 8, 6, 1))])
-def test_conv_stem_matches_numpy(patch_size, image_shape):
-    layer = ConvPatchEmbedding(hidden_dim=8, patch_size=patch_size, use_class_token=True)
+@pytest.mark.parametrize(
+    "patch_size, image_shape, depth",
+    [(4, (2, 8, 12, 3), 1), ((4, 2), (2, 8, 6, 1), 1), (4, (2, 8, 12, 3), 2)],
+)
+def test_conv_stem_matches_numpy(patch_size, image_shape, depth):
+    layer = ConvPatchEmbedding(
+        hidden_dim=8, patch_size=patch_size, depth=depth, use_class_token=True
+    )
     images = _images(*image_shape)
     layer(images)
     # Non-trivial BatchNorm statistics, so the reference checks how they are applied.
@@ -349,6 +354,12 @@ def test_conv_stem_layout_and_locality():
     assert layer.filters == [8, 8, 16]  # doubling up to hidden_dim, at least 8
     assert ConvPatchEmbedding(hidden_dim=64, patch_size=(4, 2)).strides == [(2, 2), (2, 1)]
     assert ConvPatchEmbedding(hidden_dim=64, patch_size=4).filters == [32, 64]
+    deep = ConvPatchEmbedding(hidden_dim=16, patch_size=4, depth=2)
+    deep.build((None, 8, 8, 1))
+    # depth 2: a stride-1 convolution of the same width after each stride-2 one.
+    assert [(c.name, c.strides, c.filters) for c in deep.convs] == [
+        ("conv0", (2, 2), 8), ("conv0_1", (1, 1), 8), ("conv1", (2, 2), 16), ("conv1_1", (1, 1), 16)
+    ]
     # A pixel reaches only tokens within the stem's receptive field (2 * patch - 1 = 7 px
     # for patch 4): here the token of its own patch and its right/lower neighbours.
     layer = ConvPatchEmbedding(hidden_dim=8, patch_size=4)
@@ -384,6 +395,7 @@ def test_conv_stem_any_divisible_image_size_with_unknown_static_size():
             (2, 8, 8, 1),
             (2, 5, 8),
         ),
+        ({"hidden_dim": 6, "patch_size": 2, "depth": 3}, (2, 4, 6, 3), (2, 6, 6)),
     ],
 )
 def test_conv_stem_contract(init_kwargs, shape, expected):
@@ -401,6 +413,8 @@ def test_conv_stem_errors():
         ConvPatchEmbedding(hidden_dim=4, patch_size=(4, 1))
     with pytest.raises(ValueError, match=r"`filters` must be 2 positive ints .* got \[8\]"):
         ConvPatchEmbedding(hidden_dim=4, patch_size=4, filters=[8])
+    with pytest.raises(ValueError, match=r"`depth` must be a positive int; got 0"):
+        ConvPatchEmbedding(hidden_dim=4, patch_size=4, depth=0)
     layer = ConvPatchEmbedding(hidden_dim=4, patch_size=4)
     with pytest.raises(ValueError, match=r"ConvPatchEmbedding needs .* image size \(8, 10\)"):
         layer(np.zeros((1, 8, 10, 3), "float32"))

@@ -16,6 +16,7 @@ from tfattn.training.callbacks import (
     AttentionMapCallback,
     ImageHookCallback,
     LearningRateLogger,
+    TimeBudget,
     figure_to_image,
     standard_callbacks,
 )
@@ -374,3 +375,88 @@ def test_image_hook_and_figure_bad_arguments(tmp_path):
         ImageHookCallback(lambda m, e: None, tmp_path, "")
     with pytest.raises(ValueError, match="fig"):
         figure_to_image(np.zeros((4, 4)))
+
+
+# --- resizable schedule + TimeBudget --------------------------------------------------------
+
+
+def test_resizable_warmup_cosine_changes_plan_inside_a_compiled_step():
+    schedule = WarmupCosine(1e-3, 100, warmup_steps=10, end_learning_rate=1e-5, resizable=True)
+    fixed = WarmupCosine(1e-3, 60, warmup_steps=10, end_learning_rate=1e-5)
+    rate = tf.function(lambda step: schedule(step), jit_compile=True)  # traced once
+    assert float(rate(50)) == pytest.approx(float(WarmupCosine(1e-3, 100, 10, 1e-5)(50)))
+    schedule.resize(60)
+    for step in (5, 30, 59, 60, 80):  # the compiled function sees the new plan
+        assert float(rate(step)) == pytest.approx(float(fixed(step)), rel=1e-6)
+    assert schedule.get_config()["total_steps"] == 60
+    rebuilt = WarmupCosine.from_config(schedule.get_config())
+    assert rebuilt.resizable and float(rebuilt(30)) == pytest.approx(float(fixed(30)))
+    with pytest.raises(ValueError, match=r"`total_steps` \(10\) must be > `warmup_steps` \(10\)"):
+        schedule.resize(10)
+    with pytest.raises(ValueError, match="resizable=False"):
+        fixed.resize(50)
+
+
+class _Clock:
+    """Stands in for TimeBudget's clock; the test advances `now`."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _run_budget(monkeypatch, minutes, epoch_seconds, epochs, schedule=None, steps=10):
+    clock = _Clock()
+    monkeypatch.setattr(TimeBudget, "clock", clock)
+    budget = TimeBudget(minutes, schedule=schedule, steps_per_epoch=steps)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    budget.set_model(model)
+    model.stop_training = False
+    budget.on_train_begin()
+    ran = 0
+    for epoch in range(epochs):  # what fit does: stop after the epoch that asked for it
+        clock.now += epoch_seconds[epoch]
+        budget.on_epoch_end(epoch)
+        ran += 1
+        if model.stop_training:
+            break
+    return budget, ran, clock.now
+
+
+def test_time_budget_without_schedule_stops_after_crossing(monkeypatch):
+    budget, ran, elapsed = _run_budget(monkeypatch, 1.0, [25.0] * 10, epochs=10)
+    assert (ran, budget.stopped_epoch, elapsed) == (3, 2, 75.0)  # 75 s: crossed the 60 s budget
+    budget, ran, _ = _run_budget(monkeypatch, None, [25.0] * 10, epochs=10)
+    assert (ran, budget.stopped_epoch) == (10, None)
+
+
+def test_time_budget_fits_the_schedule_into_the_budget(monkeypatch):
+    # 10 planned epochs of 10 steps; the first epoch (compilation) takes 20 s, then 9 s each:
+    # 20 + 9 * 8 = 92 s <= 100 s, a 10th epoch would end at 101 s. So 9 epochs fit.
+    schedule = warmup_cosine(1e-3, 10, 10, warmup_epochs=1, resizable=True)
+    budget, ran, elapsed = _run_budget(
+        monkeypatch, 100 / 60, [20.0] + [9.0] * 9, epochs=10, schedule=schedule
+    )
+    assert (ran, budget.planned_epochs, schedule.total_steps, budget.stopped_epoch) == (9, 9, 90, 8)
+    assert elapsed <= 100
+    assert float(schedule(90)) == pytest.approx(0.0, abs=1e-9)  # fully decayed at the stop
+    # A slow epoch shortens the plan (mean epoch 19.5 s: 5 epochs fit); faster ones give
+    # epochs back, up to what the time left allows.
+    schedule = warmup_cosine(1e-3, 10, 10, warmup_epochs=1, resizable=True)
+    budget, ran, elapsed = _run_budget(
+        monkeypatch, 100 / 60, [20.0, 9.0, 30.0] + [9.0] * 7, epochs=10, schedule=schedule
+    )
+    assert (ran, budget.planned_epochs, budget.stopped_epoch) == (7, 7, 6) and elapsed <= 100
+    # Enough time: the plan is kept and the run ends by itself (not "stopped by the budget").
+    schedule = warmup_cosine(1e-3, 4, 10, warmup_epochs=1, resizable=True)
+    budget, ran, _ = _run_budget(monkeypatch, 10.0, [20.0] * 4, epochs=4, schedule=schedule)
+    assert (ran, budget.planned_epochs, schedule.total_steps, budget.stopped_epoch) == (4, 4, 40, None)
+
+
+def test_time_budget_rejects_a_fixed_schedule():
+    with pytest.raises(ValueError, match="resizable=True"):
+        TimeBudget(30, schedule=warmup_cosine(1e-3, 4, 10))
+    with pytest.raises(ValueError, match="`steps_per_epoch` must be a positive int"):
+        TimeBudget(30, schedule=warmup_cosine(1e-3, 4, 10, resizable=True))

@@ -339,6 +339,10 @@ class ConvPatchEmbedding(keras.layers.Layer):
         filters: channels of the stride-2 convolutions: a list with one entry per
             convolution, or None for `hidden_dim // 2**(n - 1 - i)` for convolution i of n
             (doubling up to `hidden_dim`; at least 8).
+        depth: convolutions per resolution: each stride-2 convolution is followed by
+            `depth - 1` stride-1 3x3 convolutions of the same width (each with
+            BatchNormalization and ReLU). 1 is Xiao et al.'s stem; 2 adds a small
+            ResNet-like stage per halving, a stronger locality prior for small images.
         use_class_token: prepend a learned class token (initialised to zeros).
         kernel_initializer: initializer of the convolution kernels.
 
@@ -365,6 +369,7 @@ class ConvPatchEmbedding(keras.layers.Layer):
         filters=None,
         use_class_token=False,
         kernel_initializer="he_normal",
+        depth=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -389,6 +394,9 @@ class ConvPatchEmbedding(keras.layers.Layer):
                 f"patch_size {self.patch_size}); got {filters!r}."
             )
         self.filters = [int(f) for f in filters]
+        if not _is_positive_int(depth):
+            raise ValueError(f"`depth` must be a positive int; got {depth!r}.")
+        self.depth = int(depth)
         self.use_class_token = use_class_token
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -408,7 +416,12 @@ class ConvPatchEmbedding(keras.layers.Layer):
         _check_image_shape("ConvPatchEmbedding", input_shape, self.patch_size)
         self.convs, self.norms = [], []
         shape = tuple(input_shape)
-        for i, (filters, strides) in enumerate(zip(self.filters, self.strides)):
+        layers = [
+            (filters, strides if j == 0 else (1, 1), f"{i}" if j == 0 else f"{i}_{j}")
+            for i, (filters, strides) in enumerate(zip(self.filters, self.strides))
+            for j in range(self.depth)
+        ]
+        for filters, strides, suffix in layers:
             conv = keras.layers.Conv2D(
                 filters,
                 kernel_size=3,
@@ -417,10 +430,10 @@ class ConvPatchEmbedding(keras.layers.Layer):
                 use_bias=False,
                 kernel_initializer=self.kernel_initializer,
                 dtype=self.dtype_policy,
-                name=f"conv{i}",
+                name=f"conv{suffix}",
             )
             norm = keras.layers.BatchNormalization(
-                momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy, name=f"norm{i}"
+                momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy, name=f"norm{suffix}"
             )
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
@@ -466,6 +479,7 @@ class ConvPatchEmbedding(keras.layers.Layer):
                 "filters": self.filters,
                 "use_class_token": self.use_class_token,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "depth": self.depth,
             }
         )
         return config

@@ -20,6 +20,7 @@ Example:
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -82,34 +83,100 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops `fit` after the first epoch that ends past a wall-clock budget.
+    """Ends `fit` within a wall-clock budget, at an epoch boundary.
 
     Epochs are never cut short (a partial epoch would leave the learning-rate schedule and
-    the backups out of step); the run ends at an epoch boundary and `stopped_epoch` says
-    which. The clock starts at `on_train_begin`, so a resumed job gets a fresh budget.
+    the backups out of step). Without a schedule, training stops after the first epoch that
+    ends past the budget. With a resizable `WarmupCosine` (`schedule=`), the callback also
+    plans ahead: after each epoch it estimates the time of the epochs left (the mean epoch
+    so far, the first epoch's compilation excluded) and, when
+    fewer epochs than planned still fit, shortens the schedule so the cosine reaches its
+    end on the last epoch that fits, then stops there (a later, faster estimate can give
+    epochs back, up to the original plan). The learning rate is thus fully
+    decayed when the budget runs out, instead of being cut off mid-decay. Overrunning
+    epochs (a slower machine than estimated) still stop after the epoch that crosses it.
+
+    The clock starts at `on_train_begin`, so a resumed job gets a fresh budget (and its
+    schedule, rebuilt by the app, its full planned length again).
 
     Args:
         minutes: the budget; None or 0 disables the callback.
+        schedule: optional resizable `WarmupCosine` to fit into the budget.
+        steps_per_epoch: optimizer steps per epoch; required with `schedule`.
+
+    Attributes:
+        stopped_epoch: 0-based epoch after which the budget stopped training, or None.
+        planned_epochs: epochs the schedule ends on (None without a schedule).
     """
 
-    def __init__(self, minutes):
+    clock = staticmethod(time.monotonic)  # seconds; tests substitute a fake clock
+
+    def __init__(self, minutes, schedule=None, steps_per_epoch=None):
         super().__init__()
         if minutes is not None and (isinstance(minutes, bool) or not minutes >= 0):
             raise ValueError(f"`minutes` must be None or a non-negative number; got {minutes!r}.")
+        if schedule is not None:
+            if not getattr(schedule, "resizable", False):
+                raise ValueError(
+                    "`schedule` must be a WarmupCosine built with resizable=True; "
+                    f"got {schedule!r}."
+                )
+            if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+                raise ValueError(
+                    "`steps_per_epoch` must be a positive int with `schedule`; "
+                    f"got {steps_per_epoch!r}."
+                )
         self.minutes = minutes
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
         self.stopped_epoch = None
+        self.planned_epochs = None
+        self._full_epochs = None
         self._start = None
+        self._last = None
+        self._durations = []
 
     def on_train_begin(self, logs=None):
-        self._start = time.monotonic()
+        self._start = self._last = self.clock()
+        self._durations = []
         self.stopped_epoch = None
+        if self.schedule is not None:
+            self.planned_epochs = math.ceil(self.schedule.total_steps / self.steps_per_epoch)
+            self._full_epochs = self.planned_epochs
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.minutes:
             return
-        if time.monotonic() - self._start >= 60.0 * self.minutes:
-            self.stopped_epoch = epoch
-            self.model.stop_training = True
+        now = self.clock()
+        self._durations.append(now - self._last)
+        self._last = now
+        remaining = 60.0 * self.minutes - (now - self._start)
+        if remaining <= 0:
+            self._stop(epoch)
+            return
+        if self.schedule is None or len(self._durations) < 2:
+            return  # plan from steady epochs only: the first one includes compilation
+        # The mean steady epoch: the expected cost of each epoch left. (The slower of the
+        # last and the median epoch was tried: one slow epoch on a shared machine cut a
+        # 19-epoch plan to 14.)
+        next_epoch = float(np.mean(self._durations[1:]))
+        fit = epoch + 1 + int(remaining // next_epoch)  # epochs that end within the budget
+        plan = min(fit, self._full_epochs)
+        if plan != self.planned_epochs and plan * self.steps_per_epoch > self.schedule.warmup_steps:
+            self.planned_epochs = plan
+            self.schedule.resize(plan * self.steps_per_epoch)
+            print(
+                f"TimeBudget: {fit} epochs fit in {self.minutes:g} minutes "
+                f"(~{next_epoch:.0f} s per epoch); the learning-rate schedule now ends "
+                f"after epoch {plan} (planned: {self._full_epochs}).",
+                flush=True,
+            )
+        if plan < self._full_epochs and epoch + 1 >= self.planned_epochs:
+            self._stop(epoch)  # the shortened plan is done (a full plan ends by itself)
+
+    def _stop(self, epoch):
+        self.stopped_epoch = epoch
+        self.model.stop_training = True
 
 
 class ConfigTextLogger(keras.callbacks.Callback):

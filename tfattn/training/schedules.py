@@ -33,6 +33,10 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         total_steps: positive int, warmup included (`epochs * steps_per_epoch`).
         warmup_steps: int in [0, total_steps); 0 starts at the peak.
         end_learning_rate: float in [0, peak_learning_rate], the rate at `total_steps`.
+        resizable: keep `total_steps` in a variable so `resize` can change the plan while
+            a compiled training step runs (`TimeBudget` shortens the schedule to end when a
+            wall-clock budget does). Create it under the strategy's scope. TensorFlow
+            backend: JAX's compiled step reads the value it was traced with.
         name: name scope of the schedule.
 
     Returns:
@@ -50,6 +54,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         total_steps,
         warmup_steps=0,
         end_learning_rate=0.0,
+        resizable=False,
         name="WarmupCosine",
     ):
         super().__init__()
@@ -78,7 +83,29 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.end_learning_rate = end_learning_rate
+        self.resizable = bool(resizable)
         self.name = name
+        self._total_steps = None
+        if self.resizable:
+            self._total_steps = keras.Variable(
+                float(total_steps), dtype="float32", trainable=False, name="total_steps"
+            )
+
+    def resize(self, total_steps):
+        """Changes the planned length: the cosine now reaches its end at `total_steps`.
+
+        Steps already taken keep their rates; the rest of the decay is stretched or squeezed
+        to the new end (a shorter plan lowers the current rate a little).
+        """
+        if not self.resizable:
+            raise ValueError("This WarmupCosine was built with resizable=False; it cannot resize.")
+        _check_non_negative_int("total_steps", total_steps)
+        if total_steps <= self.warmup_steps:
+            raise ValueError(
+                f"`total_steps` ({total_steps}) must be > `warmup_steps` ({self.warmup_steps})."
+            )
+        self.total_steps = total_steps
+        self._total_steps.assign(float(total_steps))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -86,7 +113,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         end = ops.cast(self.end_learning_rate, "float32")
         # max(.., 1) keeps the unused branch finite when warmup_steps == 0.
         warmup = peak * step / float(max(self.warmup_steps, 1))
-        decay_steps = float(self.total_steps - self.warmup_steps)
+        total = (
+            ops.cast(self._total_steps, "float32")
+            if self._total_steps is not None
+            else float(self.total_steps)
+        )
+        decay_steps = total - float(self.warmup_steps)
         progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
         cosine = end + (peak - end) * 0.5 * (1.0 + ops.cos(math.pi * progress))
         return ops.where(step < self.warmup_steps, warmup, cosine)
@@ -97,12 +129,18 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "end_learning_rate": self.end_learning_rate,
+            "resizable": self.resizable,
             "name": self.name,
         }
 
 
 def warmup_cosine(
-    peak_learning_rate, epochs, steps_per_epoch, warmup_epochs=0, end_learning_rate=0.0
+    peak_learning_rate,
+    epochs,
+    steps_per_epoch,
+    warmup_epochs=0,
+    end_learning_rate=0.0,
+    resizable=False,
 ):
     """A `WarmupCosine` schedule sized in epochs, the unit app configs use.
 
@@ -112,6 +150,7 @@ def warmup_cosine(
         steps_per_epoch: positive int, optimizer steps per epoch (global batches).
         warmup_epochs: epochs of linear warmup, < epochs; a float is allowed (0.5 = half an epoch).
         end_learning_rate: the rate at the last step.
+        resizable: see `WarmupCosine` (for `TimeBudget(schedule=...)`).
 
     Returns:
         `WarmupCosine` with `total_steps = epochs * steps_per_epoch` and
@@ -129,4 +168,5 @@ def warmup_cosine(
         total_steps=epochs * steps_per_epoch,
         warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
         end_learning_rate=end_learning_rate,
+        resizable=resizable,
     )

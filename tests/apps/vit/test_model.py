@@ -56,7 +56,7 @@ def test_drop_path_rates_grow_linearly():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"spt": True}, {"conv_stem": True, "patch_size": 4}],
+    [{"spt": True}, {"conv_stem": True, "patch_size": 4, "conv_stem_depth": 2}],
     ids=["spt", "conv_stem"],
 )
 def test_keras_round_trip_with_tokenisers_and_lsa(tmp_path, overrides):
@@ -118,6 +118,7 @@ def test_bad_image_size_for_patch():
         ({"batch_size": 0}, "batch_size"),
         ({"conv_stem": True, "spt": True}, "`conv_stem` and `spt`"),
         ({"conv_stem": True, "patch_size": 7}, "power-of-two `patch_size`"),
+        ({"conv_stem": True, "conv_stem_depth": 0}, "`conv_stem_depth` must be >= 1"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):

@@ -56,6 +56,15 @@ def _event_tags(directory):
     return set(tags.get("images", [])) | set(tags.get("scalars", [])) | set(tags.get("tensors", []))
 
 
+def _scalars_of(directory, tag):
+    """{step: value} of a scalar written with tf.summary (stored as tensors)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
 def test_training_outputs(trained):
     cfg, summary = trained
     workdir = cfg.workdir
@@ -189,6 +198,7 @@ def test_trains_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
         "train.main(sys.argv[1:])\n"
     )
     args = ["--preset", "test", "--strategy", "mirrored", "--batch_size", "32",
+            "--time_budget_minutes", "30",  # the resizable schedule's variable under the strategy
             "--workdir", str(workdir), "--verbose", "0"]
     result = subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600
@@ -217,13 +227,31 @@ def test_conv_stem_trains_exports_and_serves(tmp_path):
     """The convolutional stem (BatchNorm inside) through train, TFLite and the byte export:
     serving must use the moving statistics, i.e. match the reloaded model's predictions."""
     _require_data()
-    cfg = Config(**dict(PRESETS["test"], patch_size=4, conv_stem=True, lsa=True,
+    cfg = Config(**dict(PRESETS["test"], patch_size=4, conv_stem=True, conv_stem_depth=2, lsa=True,
                         max_train_examples=256, tflite=True), workdir=str(tmp_path / "conv"))
     summary = vit_train.run(cfg)
     assert summary["epochs_run"] == 1 and np.isfinite(summary["test_loss"])
     assert summary["tflite"]["quantized_bytes"] > 0
     data = vd.load_dataset("fashion_mnist", validation_fraction=0.1, seed=0)
     _serving_matches_python(cfg.workdir, summary["saved_model"], data, data.x_test[:8])
+
+
+def test_time_budget_shortens_the_schedule_and_stops_decayed(tmp_path, monkeypatch):
+    """A 30 s budget with a fake clock: 12 s for the first epoch (compilation), then 5 s
+    each, so 4 of the 6 planned epochs fit; the schedule is shortened to end on the 4th."""
+    _require_data()
+    ticks = iter([0.0, 12.0, 17.0, 22.0, 27.0, 32.0, 37.0])  # train begin, then epoch ends
+    monkeypatch.setattr(training.TimeBudget, "clock", staticmethod(lambda: next(ticks)))
+    cfg = Config(**dict(PRESETS["test"], epochs=6, warmup_epochs=1, max_train_examples=256,
+                        time_budget_minutes=0.5, attention_images=0),
+                 workdir=str(tmp_path / "budget"))
+    summary = vit_train.run(cfg)
+    assert summary["epochs_run"] == 4 and summary["schedule_epochs"] == 4
+    assert summary["stopped_by_time_budget"]
+    # The rate logged for the last epoch is the schedule's end value, not a mid-decay one.
+    lr = _scalars_of(os.path.join(cfg.workdir, "tensorboard", "train"), "epoch_learning_rate")
+    assert len(lr) == 4 and lr[3] == pytest.approx(cfg.min_learning_rate, rel=1e-3)
+    assert lr[1] > lr[2] > lr[3]
 
 
 def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
