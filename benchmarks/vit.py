@@ -494,7 +494,7 @@ def run_quality(args, write, out=None):
             "best_val_accuracy": summary["best_val_accuracy"],
             "epochs_run": summary["epochs_run"],
             "stopped_by_time_budget": summary["stopped_by_time_budget"],
-            "schedule_epochs": summary.get("schedule_epochs"),
+            "schedule_epochs": summary["schedule_epochs"],
             "train_seconds": summary["train_seconds"],
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "parameters": summary["parameters"],

@@ -440,30 +440,22 @@ class ConvPatchEmbedding(keras.layers.Layer):
             norm.build(shape)
             self.convs.append(conv)
             self.norms.append(norm)
-        self.projection = keras.layers.Conv2D(
+        # The 1x1 projection, row-major flattening and class token: a 1-pixel PatchEmbedding.
+        self.tokens = PatchEmbedding(
             self.hidden_dim,
-            kernel_size=1,
-            kernel_initializer="glorot_uniform",
+            patch_size=1,
+            use_class_token=self.use_class_token,
             dtype=self.dtype_policy,
-            name="projection",
+            name="tokens",
         )
-        self.projection.build(shape)
-        if self.use_class_token:
-            self.class_token = self.add_weight(
-                name="class_token", shape=(1, 1, self.hidden_dim), initializer="zeros"
-            )
+        self.tokens.build(shape)
 
     def call(self, inputs, training=None):
         _check_image_shape("ConvPatchEmbedding", inputs.shape, self.patch_size)
         x = inputs
         for conv, norm in zip(self.convs, self.norms):
-            x = ops.relu(norm(conv(x), training=training))
-        x = self.projection(x)  # (batch, grid_h, grid_w, hidden_dim)
-        batch = ops.shape(x)[0]
-        x = ops.reshape(x, (batch, -1, self.hidden_dim))  # (batch, num_patches, hidden_dim)
-        if self.use_class_token:
-            x = _prepend_class_token(x, self.class_token)
-        return x
+            x = ops.relu(norm(conv(x), training=training))  # down to (batch, grid_h, grid_w, c)
+        return self.tokens(x)
 
     def compute_output_shape(self, input_shape):
         _check_image_shape("ConvPatchEmbedding", input_shape, self.patch_size)

@@ -130,7 +130,6 @@ class TimeBudget(keras.callbacks.Callback):
         self.schedule = schedule
         self.steps_per_epoch = steps_per_epoch
         self.stopped_epoch = None
-        self.planned_epochs = None
         self._full_epochs = None
         self._start = None
         self._last = None
@@ -141,7 +140,6 @@ class TimeBudget(keras.callbacks.Callback):
         self._durations = []
         self.stopped_epoch = None
         if self.schedule is not None:
-            self.planned_epochs = math.ceil(self.schedule.total_steps / self.steps_per_epoch)
             self._full_epochs = self.planned_epochs
 
     def on_epoch_end(self, epoch, logs=None):
@@ -163,7 +161,6 @@ class TimeBudget(keras.callbacks.Callback):
         fit = epoch + 1 + int(remaining // next_epoch)  # epochs that end within the budget
         plan = min(fit, self._full_epochs)
         if plan != self.planned_epochs and plan * self.steps_per_epoch > self.schedule.warmup_steps:
-            self.planned_epochs = plan
             self.schedule.resize(plan * self.steps_per_epoch)
             print(
                 f"TimeBudget: {fit} epochs fit in {self.minutes:g} minutes "
@@ -173,6 +170,13 @@ class TimeBudget(keras.callbacks.Callback):
             )
         if plan < self._full_epochs and epoch + 1 >= self.planned_epochs:
             self._stop(epoch)  # the shortened plan is done (a full plan ends by itself)
+
+    @property
+    def planned_epochs(self):
+        """Epochs the schedule now ends on (None without a schedule)."""
+        if self.schedule is None:
+            return None
+        return math.ceil(self.schedule.total_steps / self.steps_per_epoch)
 
     def _stop(self, epoch):
         self.stopped_epoch = epoch
