@@ -3,6 +3,9 @@
     images -> patch tokens (+ class token) -> + learned 2-D positions -> encoder blocks
            -> LayerNorm -> pool (class token | mean | attention pooling) -> logits
 
+With class-token pooling the last block computes only the class token (`num_queries=1`):
+the same function, minus most of one block's work.
+
 `build_vit` returns the classifier and a model that outputs every block's attention weights
 (for rollout maps); both share their layers. The position embedding keeps the grid it was
 trained on and is resized bilinearly for another input size, so `build_vit(cfg, ...,
@@ -84,7 +87,7 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
 
     scores = []
     for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.num_layers)):
-        x, s = TransformerEncoderBlock(
+        block = TransformerEncoderBlock(
             num_heads=cfg.num_heads,
             intermediate_dim=cfg.intermediate_dim,
             dropout_rate=cfg.dropout_rate,
@@ -94,7 +97,18 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
             learned_scale=cfg.lsa,
             exclude_self=cfg.lsa,
             name=f"block{i}",
-        )(x, return_attention_scores=True)
+        )
+        if use_class_token and i == cfg.num_layers - 1:
+            # The head reads only the class token: the last block updates just that one
+            # (exact; skips the other tokens' queries, attention rows, output projection
+            # and MLP). The attention model calls the block again for full maps.
+            # (Both calls return the scores: Keras checks a functional graph assuming
+            # every call of a layer has as many outputs as its first.)
+            x_cls, _ = block(x, num_queries=1, return_attention_scores=True)  # (batch, 1, dim)
+            _, s = block(x, return_attention_scores=True)
+            x = x_cls
+        else:
+            x, s = block(x, return_attention_scores=True)
         scores.append(s)  # (batch, heads, tokens, tokens)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
 
@@ -129,8 +143,15 @@ def attention_model_of(model):
     blocks = [layer for layer in model.layers if isinstance(layer, TransformerEncoderBlock)]
     if not blocks:
         raise ValueError(f"{model.name} has no TransformerEncoderBlock layers.")
-    # Each block was called with return_attention_scores=True: its output is (tokens, weights).
-    return keras.Model(model.inputs, [block.output[1] for block in blocks], name=f"{model.name}_attention")
+    scores = []
+    for block in blocks:
+        # Each block was called with return_attention_scores=True: (tokens, weights).
+        weights = block.output[1]
+        if weights.shape[-2] != weights.shape[-1]:
+            # The class-token-only last block (`num_queries=1`): call it again in full.
+            weights = block(block.input, return_attention_scores=True)[1]
+        scores.append(weights)
+    return keras.Model(model.inputs, scores, name=f"{model.name}_attention")
 
 
 def num_prefix_tokens(cfg):

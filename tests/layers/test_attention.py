@@ -325,8 +325,8 @@ def test_constructor_and_call_errors():
         MultiHeadAttention(2, 4, use_relative_position_bias=True)
     x = RNG.normal(size=(2, 5, 8)).astype("float32")
     y = RNG.normal(size=(2, 7, 8)).astype("float32")
-    with pytest.raises(ValueError, match="equal query and key lengths"):
-        MultiHeadAttention(2, 4, window_size=2)(x, y)
+    with pytest.raises(ValueError, match="`window_size` needs self-attention.*query length 7 and key length 5"):
+        MultiHeadAttention(2, 4, window_size=2)(y, x)
     with pytest.raises(ValueError, match="does not match the key length"):
         MultiHeadAttention(2, 4)(x, y, attention_mask=np.ones((2, 5, 6), bool))
     with pytest.raises(ValueError, match="`attention_mask` must have shape"):
@@ -339,8 +339,8 @@ def test_constructor_and_call_errors():
             match=f"`learned_scale=True` supports score 'scaled_dot' or 'dot'; got score='{score}'",
         ):
             MultiHeadAttention(2, 4, score=score, learned_scale=True)
-    with pytest.raises(ValueError, match="`exclude_self` needs equal query and key lengths"):
-        MultiHeadAttention(2, 4, exclude_self=True)(x, y)
+    with pytest.raises(ValueError, match="`exclude_self` needs self-attention"):
+        MultiHeadAttention(2, 4, exclude_self=True)(y, x)
 
 
 # --- Locality Self-Attention (learned_scale, exclude_self) ---------------------------------
@@ -438,3 +438,17 @@ def test_exclude_self_equals_an_explicit_mask_on_every_path():
     w = _np(w)
     assert np.all(np.isfinite(w)) and np.all(w[:, :, 0] == 0.0)
     np.testing.assert_allclose(w[:, :, 1:].sum(-1), 1.0, atol=1e-6)
+
+
+def test_leading_query_slice_equals_the_leading_rows_of_self_attention():
+    """A query that is the first positions of the keys (key = value: fused K/V projection)
+    gives the first rows of full self-attention, position terms (LSA diagonal, window,
+    relative bias) included."""
+    x = RNG.normal(size=(2, 7, 8)).astype("float32")
+    for kwargs in ({}, {"learned_scale": True, "exclude_self": True},
+                   {"window_size": 2, "use_relative_position_bias": True}):
+        mha = MultiHeadAttention(2, 4, **kwargs)
+        full, w_full = mha(x, x, return_attention_scores=True)
+        part, w_part = mha(x[:, :3], x, return_attention_scores=True)
+        np.testing.assert_allclose(np.asarray(part), np.asarray(full)[:, :3], atol=1e-5)
+        np.testing.assert_allclose(np.asarray(w_part), np.asarray(w_full)[:, :, :3], atol=1e-6)

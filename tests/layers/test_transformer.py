@@ -429,3 +429,43 @@ def test_decoder_build_and_call_errors():
         ValueError, match=r"`decoder_padding_mask` must have shape \(batch, seq_len\)"
     ):
         TransformerDecoderBlock(2, 16)(x, x, decoder_padding_mask=np.ones((B, T, 1), bool))
+
+
+# --- num_queries: only the leading tokens are updated -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, call_kwargs",
+    [
+        ({}, {}),
+        ({"norm_first": False}, {}),
+        ({"learned_scale": True, "exclude_self": True, "layer_scale_init_value": 0.5}, {}),
+        ({"window_size": 1, "use_relative_position_bias": True}, {}),
+        ({}, {"padding_mask": _lengths_mask([T, 4, 2], T), "use_causal_mask": True}),
+        ({}, {"attention_mask": RNG.random((B, T, T)) > 0.3}),
+    ],
+)
+@pytest.mark.parametrize("num_queries", [1, 3, T])
+def test_encoder_num_queries_equals_the_leading_rows_of_the_full_block(kwargs, call_kwargs, num_queries):
+    block = TransformerEncoderBlock(HEADS, 16, **kwargs)
+    x = _normal(B, T, D)
+    block(x)  # build
+    _randomize_weights(block)
+    full, w_full = block(x, return_attention_scores=True, **call_kwargs)
+    part, w_part = block(x, return_attention_scores=True, num_queries=num_queries, **call_kwargs)
+    assert part.shape == (B, num_queries, D) and w_part.shape == (B, HEADS, num_queries, T)
+    np.testing.assert_allclose(_np(part), _np(full)[:, :num_queries], atol=2e-5)
+    np.testing.assert_allclose(_np(w_part), _np(w_full)[:, :, :num_queries], atol=1e-6)
+    # Also symbolic (functional models) and without the scores.
+    y = block(keras.Input((T, D)), num_queries=num_queries)
+    assert tuple(y.shape) == (None, num_queries, D)
+
+
+def test_encoder_num_queries_errors():
+    block = TransformerEncoderBlock(HEADS, 16)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="`num_queries` must be a positive int or None"):
+            block(_normal(B, T, D), num_queries=bad)
+    embedded = keras.layers.Embedding(10, D, mask_zero=True)(np.array([[3, 4, 0], [1, 0, 0]]))
+    with pytest.raises(ValueError, match="`num_queries` with a Keras mask.*`padding_mask`"):
+        block(embedded, num_queries=1)

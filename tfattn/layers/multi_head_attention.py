@@ -46,7 +46,8 @@ class MultiHeadAttention(keras.layers.Layer):
         score: "scaled_dot" (default), "dot", "cosine" (learned per-head temperature,
             Swin V2, Liu et al. 2022) or "additive" (v^T tanh(Wq + Uk), Bahdanau et al. 2015).
         window_size: if set, query i attends only to keys j with |i - j| <= window_size
-            (self-attention: query and key lengths must match).
+            (self-attention: query position i is key position i, so the query is the
+            key sequence or a leading slice of it).
         use_relative_position_bias: add a learned per-head bias indexed by the clipped
             relative distance j - i (T5 / Swin style, 1-D).
         max_relative_position: clipping distance for that bias; defaults to `window_size`.
@@ -54,7 +55,7 @@ class MultiHeadAttention(keras.layers.Layer):
             (weight `logit_scale`, initialised to 1/sqrt(key_dim) resp. 1) instead of the
             fixed one: LSA's learnable temperature (Lee et al. 2021).
         exclude_self: query i may not attend to key i (LSA's diagonal masking;
-            self-attention: query and key lengths must match).
+            self-attention, as for `window_size`).
         use_fused: route eligible calls to `keras.ops.dot_product_attention`;
             `None` = automatic (see `tfattn.layers.dot_product_attention`).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
@@ -258,25 +259,25 @@ class MultiHeadAttention(keras.layers.Layer):
             for d in (self.query_dense, self.key_dense, self.value_dense)
         )
 
-    def _project_self_attention(self, x):
-        """Self-attention q, k, v from one matmul with the three kernels side by side.
+    def _fused_projection(self, x, denses):
+        """`x` through several of the q/k/v projections as one matmul.
 
-        Same weights (and weight format) as the three projections, one GEMM instead of
-        three in the forward and backward passes.
+        The kernels are laid side by side, so the weights (and their format) stay those of
+        the separate projections; the forward and backward passes run one GEMM instead of
+        one per projection. Returns one `(batch, T, heads, size)` tensor per dense.
         """
-        denses = (self.query_dense, self.key_dense, self.value_dense)
         kernel = ops.concatenate([ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in denses], -1)
-        y = ops.matmul(x, ops.cast(kernel, x.dtype))  # (batch, T, heads * (2 key_dim + value_dim))
+        y = ops.matmul(x, ops.cast(kernel, x.dtype))  # (batch, T, heads * sum of sizes)
         if self.use_bias:
             bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in denses], 0)
             y = y + ops.cast(bias, y.dtype)
-        qk_width = self.num_heads * self.key_dim
-        q, k, v = ops.split(y, [qk_width, 2 * qk_width], axis=-1)
+        sizes = [d.kernel.shape[-1] for d in denses]
+        widths = [self.num_heads * size for size in sizes]
+        splits = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        v_dim = self.value_dim or self.key_dim
         return tuple(
-            ops.reshape(t, (-1, length, self.num_heads, size))  # (batch, T, heads, size)
-            for t, size in ((q, self.key_dim), (k, self.key_dim), (v, v_dim))
+            ops.reshape(t, (-1, length, self.num_heads, size))
+            for t, size in zip(ops.split(y, splits, axis=-1), sizes)
         )
 
     def call(
@@ -299,15 +300,16 @@ class MultiHeadAttention(keras.layers.Layer):
         value = self._flatten_positions(value, "value")
         key = self._flatten_positions(key, "key")
         q_len, k_len = query.shape[1], key.shape[1]
-        if q_len is not None and k_len is not None and q_len != k_len:
+        if q_len is not None and k_len is not None and q_len > k_len:
             for name, used in (
                 ("window_size", self.window_size is not None),
                 ("exclude_self", self.exclude_self),
             ):
                 if used:
                     raise ValueError(
-                        f"`{name}` needs equal query and key lengths (self-attention); got "
-                        f"query length {q_len} and key length {k_len}."
+                        f"`{name}` needs self-attention: query position i is key position i, "
+                        "so the query can be no longer than the key (a shorter query is the "
+                        f"leading positions); got query length {q_len} and key length {k_len}."
                     )
 
         mask = _token_masks(query_mask, value_mask, key_mask)
@@ -325,8 +327,13 @@ class MultiHeadAttention(keras.layers.Layer):
         position_mask, bias = self._position_terms(ops.shape(query)[1], ops.shape(key)[1])
         mask = merge_masks(mask, position_mask)
 
-        if query is value and key is value and self._can_fuse_projections():
-            q, k, v = self._project_self_attention(query)
+        fuse = self._can_fuse_projections()
+        if query is value and key is value and fuse:
+            q, k, v = self._fused_projection(query, (self.query_dense, self.key_dense, self.value_dense))
+        elif key is value and fuse:
+            # E.g. queries that are a leading slice of the tokens (a class token).
+            q = self.query_dense(query)
+            k, v = self._fused_projection(value, (self.key_dense, self.value_dense))
         else:
             q = self.query_dense(query)  # (batch, T, heads, key_dim)
             k = self.key_dense(key)  # (batch, S, heads, key_dim)

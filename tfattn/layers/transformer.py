@@ -109,13 +109,21 @@ def _attention_residual(
     drop_path,
     return_attention_scores,
     training,
+    num_queries=None,
     **attention_kwargs,
 ):
-    """An attention residual branch; `value=None` means self-attention. Returns (x, scores)."""
+    """An attention residual branch; `value=None` means self-attention. Returns (x, scores).
+
+    `num_queries` (self-attention only): only the first `num_queries` tokens are queries;
+    all tokens stay keys and values, and the returned `x` holds the first tokens only.
+    """
     h = norm(x) if block.norm_first else x
+    keys = h if value is None else value
+    if num_queries is not None:
+        x, h = x[:, :num_queries], h[:, :num_queries]
     h = attention(
         h,
-        h if value is None else value,
+        keys,
         return_attention_scores=return_attention_scores,
         training=training,
         **attention_kwargs,
@@ -173,10 +181,17 @@ class TransformerEncoderBlock(keras.layers.Layer):
         return_attention_scores: also return the attention weights.
         training: enables dropout and drop path.
         mask: the Keras mask, filled in by Keras; use `padding_mask` instead.
+        num_queries: if set, only the first `num_queries` tokens are updated: they attend
+            to all tokens, go through the MLP and are returned, `(batch, num_queries,
+            hidden_dim)`; the other tokens serve only as keys and values. Exact for what
+            it returns, and skips the queries, attention rows, output projection and MLP
+            of the other tokens: e.g. `num_queries=1` in the last block of a class-token
+            classifier, whose head reads only the class token.
 
     Returns:
-        `(batch, seq_len, hidden_dim)`, and the weights `(batch, num_heads, seq_len, seq_len)`
-        if `return_attention_scores`.
+        `(batch, seq_len, hidden_dim)` (`seq_len` = `num_queries` if set), and the weights
+        `(batch, num_heads, seq_len, seq_len)` (`(..., num_queries, seq_len)`) if
+        `return_attention_scores`.
 
     Example:
     >>> block = TransformerEncoderBlock(num_heads=4, intermediate_dim=128, drop_path_rate=0.1)
@@ -298,10 +313,26 @@ class TransformerEncoderBlock(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
         mask=None,
+        num_queries=None,
     ):
+        if num_queries is not None:
+            if not isinstance(num_queries, int) or num_queries <= 0:
+                raise ValueError(f"`num_queries` must be a positive int or None; got {num_queries!r}.")
+            if mask is not None:
+                # Keras would attach the full-length input mask to the shorter output.
+                raise ValueError(
+                    "`num_queries` with a Keras mask on `inputs` is not supported; pass the "
+                    "mask as `padding_mask` to a tensor without one."
+                )
         if padding_mask is None:
             padding_mask = mask
         _check_token_mask("padding_mask", padding_mask)
+        query_mask = padding_mask
+        if num_queries is not None:
+            if query_mask is not None:
+                query_mask = query_mask[:, :num_queries]
+            if attention_mask is not None:
+                attention_mask = attention_mask[..., :num_queries, :]
         x, scores = _attention_residual(
             self,
             inputs,
@@ -312,7 +343,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             self.self_attention_drop_path,
             return_attention_scores,
             training,
-            query_mask=padding_mask,
+            num_queries=num_queries,
+            query_mask=query_mask,
             value_mask=padding_mask,
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,

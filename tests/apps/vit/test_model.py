@@ -130,3 +130,19 @@ def test_presets_are_valid_configs():
     for name, overrides in PRESETS.items():
         cfg = Config(**overrides)
         assert cfg.image_size % cfg.patch_size == 0, name
+
+
+def test_class_token_model_computes_only_the_class_token_in_the_last_block():
+    """The classifier's last block updates only the class token (`num_queries=1`); its
+    logits equal those from the full last block (the attention model's call of it)."""
+    cfg = _cfg(pooling="cls", num_layers=2, lsa=True)
+    model, attention_model = build_vit(cfg, num_classes=10, channels=1)
+    last = model.get_layer(f"block{cfg.num_layers - 1}")
+    classifier_call, full_call = last._inbound_nodes[:2]
+    assert tuple(classifier_call.output_tensors[0].shape) == (None, 1, cfg.hidden_dim)
+    full_tokens = keras.Model(model.inputs, full_call.output_tensors[0])
+    x = np.random.default_rng(1).normal(size=(4, 28, 28, 1)).astype("float32")
+    tokens = full_tokens(x)
+    assert tokens.shape[1] == 1 + cfg.grid_size[0] * cfg.grid_size[1]
+    expected = model.get_layer("head")(model.get_layer("norm")(tokens)[:, 0])
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(expected), atol=1e-5)
