@@ -8,7 +8,7 @@ overridden, e.g. `--epochs 5 --strategy mirrored`):
                 parameters), 3 epochs: measured 82.3% test accuracy, ~4.5 minutes of
                 training on 2 CPU cores (~5 minutes for the whole command).
     fmnist      the Fashion-MNIST quality benchmark (`benchmarks/vit.py --quality`): a
-                4-convolution stem + LSA, 6 layers of width 64, up to 20 epochs with the
+                4-convolution stem + LSA, 6 layers of width 64, up to 24 epochs with the
                 cosine schedule fitted into a 30-minute budget on 2 CPU cores.
     ti16/s16/b16  ViT-Ti/S/B with 16x16 patches at 224 px (Dosovitskiy et al. 2021; Touvron
                 et al. 2021 for Ti) for GPU/TPU, e.g. `--dataset tfds:imagenette
@@ -198,7 +198,7 @@ PRESETS = {
         "conv_stem": True,
         "conv_stem_depth": 2,
         "lsa": True,
-        "epochs": 20,
+        "epochs": 24,
         "batch_size": 128,
         "learning_rate": 2e-3,
         "warmup_epochs": 1.0,

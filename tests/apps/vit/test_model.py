@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from apps.vit.config import PRESETS, Config
-from apps.vit.model import build_vit, drop_path_rates, resize_vit
+from apps.vit.model import attention_model_of, build_vit, drop_path_rates, resize_vit
 
 
 def _cfg(**overrides):
@@ -146,3 +146,21 @@ def test_class_token_model_computes_only_the_class_token_in_the_last_block():
     assert tokens.shape[1] == 1 + cfg.grid_size[0] * cfg.grid_size[1]
     expected = model.get_layer("head")(model.get_layer("norm")(tokens)[:, 0])
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(expected), atol=1e-5)
+
+
+def test_attention_model_of_a_reloaded_class_token_model_gives_full_maps(tmp_path):
+    """After save/load only the class-token call of the last block is left in the graph;
+    `attention_model_of` calls that block again in full, matching build_vit's maps."""
+    cfg = _cfg(pooling="cls", num_layers=2)
+    model, attention_model = build_vit(cfg, num_classes=10, channels=1)
+    path = str(tmp_path / "vit.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    x = np.random.default_rng(2).normal(size=(2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-6)
+    expected = [np.asarray(s) for s in attention_model(x)]
+    got = [np.asarray(s) for s in attention_model_of(reloaded)(x)]
+    tokens = 1 + cfg.grid_size[0] * cfg.grid_size[1]
+    assert [s.shape for s in got] == [(2, cfg.num_heads, tokens, tokens)] * cfg.num_layers
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-6)
