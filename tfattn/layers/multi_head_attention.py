@@ -1,5 +1,6 @@
 """Multi-head attention, call-compatible with `keras.layers.MultiHeadAttention`."""
 
+import itertools
 import math
 
 import keras
@@ -272,8 +273,7 @@ class MultiHeadAttention(keras.layers.Layer):
             bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in denses], 0)
             y = y + ops.cast(bias, y.dtype)
         sizes = [d.kernel.shape[-1] for d in denses]
-        widths = [self.num_heads * size for size in sizes]
-        splits = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
+        splits = list(itertools.accumulate(self.num_heads * size for size in sizes))[:-1]
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
         return tuple(
             ops.reshape(t, (-1, length, self.num_heads, size))
