@@ -96,15 +96,17 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
         fig = misclassified_figure(x_val, y_val, val_logits(model, epoch), data.class_names)
         return np.ones((1, 8, 8, 3), np.float32) if fig is None else training.figure_to_image(fig)
 
+    every = cfg.image_every_epochs
     callbacks = [
-        training.ImageHookCallback(confusion, log_dir, "confusion_matrix"),
-        training.ImageHookCallback(misclassified, log_dir, "misclassified"),
+        training.ImageHookCallback(confusion, log_dir, "confusion_matrix", every_n_epochs=every),
+        training.ImageHookCallback(misclassified, log_dir, "misclassified", every_n_epochs=every),
     ]
     if attention_model is not None and len(samples):  # attention_images=0: no attention maps
         callbacks.append(
             training.AttentionMapCallback(
                 normalised_batch(samples, cfg, mean, std), attention_model, log_dir, grid_size=cfg.grid_size,
                 images=samples.astype("float32") / 255.0, num_prefix_tokens=num_prefix_tokens(cfg),
+                every_n_epochs=every,
             )
         )
     return callbacks
@@ -113,7 +115,8 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
 RESUME_MAY_CHANGE = (
     "workdir", "verbose", "overwrite", "export_name", "export_version", "top_k", "tflite",
-    "time_budget_minutes", "fit_schedule_to_budget", "profile_batches", "attention_images", "early_stopping_patience",
+    "time_budget_minutes", "fit_schedule_to_budget", "profile_batches", "attention_images",
+    "image_every_epochs", "early_stopping_patience",
 )
 
 

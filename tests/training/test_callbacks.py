@@ -307,8 +307,25 @@ def test_attention_map_callback_every_n_epochs_and_callable(tmp_path):
     model.compile("sgd", "mse")
     model.fit(np.ones((4, 1)), np.ones((4, 1)), epochs=5, verbose=0, callbacks=[cb])
     events = _reader(tmp_path).Tensors("attention/rollout")
-    assert [e.step for e in events] == [1, 3]
-    assert len(calls) == 1 + 2  # the train-begin check plus two logged epochs
+    # Epochs 2 and 4 (steps 1, 3), and the last epoch run (step 4) at train end.
+    assert [e.step for e in events] == [1, 3, 4]
+    assert len(calls) == 1 + 3  # the train-begin check plus three logged epochs
+
+
+@pytest.mark.parametrize("epochs,steps", [(3, [2]), (4, [2, 3]), (2, [1])])
+def test_image_hook_every_n_epochs_writes_last_epoch_once(tmp_path, epochs, steps):
+    written = []
+
+    def draw(model, epoch):
+        written.append(epoch)
+        return np.zeros((1, 4, 4, 3), np.float32)
+
+    hook = ImageHookCallback(draw, tmp_path, "img", every_n_epochs=3)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((4, 1)), np.ones((4, 1)), epochs=epochs, verbose=0, callbacks=[hook])
+    assert written == steps
+    assert [e.step for e in _reader(tmp_path).Tensors("img")] == steps
 
 
 def test_attention_map_callback_shape_errors_before_training(tmp_path):
@@ -453,6 +470,19 @@ def test_time_budget_fits_the_schedule_into_the_budget(monkeypatch):
     schedule = warmup_cosine(1e-3, 4, 10, warmup_epochs=1, resizable=True)
     budget, ran, _ = _run_budget(monkeypatch, 10.0, [20.0] * 4, epochs=4, schedule=schedule)
     assert (ran, budget.planned_epochs, schedule.total_steps, budget.stopped_epoch) == (4, 4, 40, None)
+
+
+def test_time_budget_keeps_a_margin_for_epoch_spread(monkeypatch):
+    # Steady epochs alternate 8 / 12 s (median absolute deviation 2 s: a 6 s margin). After
+    # epoch 8 (89 s) a 9th epoch of mean length would end at ~99 s, inside the 100 s budget,
+    # but a 12 s one would not: with the margin the plan ends on epoch 8 instead.
+    schedule = warmup_cosine(1e-3, 10, 10, warmup_epochs=1, resizable=True)
+    budget, ran, elapsed = _run_budget(
+        monkeypatch, 100 / 60, [20.0, 8, 12, 8, 12, 8, 12, 9, 12, 12], epochs=10,
+        schedule=schedule,
+    )
+    assert (ran, budget.planned_epochs, budget.stopped_epoch, elapsed) == (8, 8, 7, 89.0)
+    assert float(schedule(80)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_time_budget_rejects_a_fixed_schedule():

@@ -89,7 +89,8 @@ class TimeBudget(keras.callbacks.Callback):
     the backups out of step). Without a schedule, training stops after the first epoch that
     ends past the budget. With a resizable `WarmupCosine` (`schedule=`), the callback also
     plans ahead: after each epoch it estimates the time of the epochs left (the mean epoch
-    so far, the first epoch's compilation excluded) and, when
+    so far, the first epoch's compilation excluded, with a margin for the epoch-to-epoch
+    spread kept in hand) and, when
     fewer epochs than planned still fit, shortens the schedule so the cosine reaches its
     end on the last epoch that fits, then stops there (a later, faster estimate can give
     epochs back, up to the original plan). The learning rate is thus fully
@@ -157,8 +158,16 @@ class TimeBudget(keras.callbacks.Callback):
         # The mean steady epoch: the expected cost of each epoch left. (The slower of the
         # last and the median epoch was tried: one slow epoch on a shared machine cut a
         # 19-epoch plan to 14.)
-        next_epoch = float(np.mean(self._durations[1:]))
-        fit = epoch + 1 + int(remaining // next_epoch)  # epochs that end within the budget
+        steady = self._durations[1:]
+        next_epoch = float(np.mean(steady))
+        # Keep a margin in hand, so a plan that ends just inside the budget does not overrun
+        # it when its last epoch is a slow one: three median absolute deviations of the epoch
+        # time (~2 standard deviations for normally spread times; unlike the standard
+        # deviation, one outlying epoch does not inflate it), once 3 steady epochs give one.
+        margin = 0.0
+        if len(steady) >= 3:
+            margin = 3.0 * float(np.median(np.abs(np.asarray(steady) - np.median(steady))))
+        fit = epoch + 1 + max(0, int((remaining - margin) // next_epoch))  # end within budget
         plan = min(fit, self._full_epochs)
         if plan != self.planned_epochs and plan * self.steps_per_epoch > self.schedule.warmup_steps:
             self.schedule.resize(plan * self.steps_per_epoch)
@@ -403,7 +412,12 @@ def standard_callbacks(
 
 
 class _EpochImageWriter(keras.callbacks.Callback):
-    """Opens one summary writer per `fit` and calls `_write(epoch)` every n epochs."""
+    """Opens one summary writer per `fit` and calls `_write(epoch)` every n epochs.
+
+    The last epoch `fit` ran is always written (at train end, when the every-n cadence
+    skipped it), so the images of the final model are there whichever epoch training
+    ends on (a time budget or early stopping can end it on any epoch).
+    """
 
     def __init__(self, log_dir, every_n_epochs):
         super().__init__()
@@ -411,21 +425,34 @@ class _EpochImageWriter(keras.callbacks.Callback):
         self.log_dir = os.fspath(log_dir)
         self.every_n_epochs = every_n_epochs
         self._writer = None
+        self._pending = None  # last epoch ended and not written
 
     def on_train_begin(self, logs=None):
         self._writer = tf.summary.create_file_writer(self.log_dir)
+        self._pending = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
+            self._pending = epoch
             return
+        self._pending = None
+        self._write_epoch(epoch)
+
+    def _write_epoch(self, epoch):
         with self._writer.as_default():
             self._write(epoch)
         self._writer.flush()
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
+        if self._writer is None:
+            return
+        try:
+            if self._pending is not None:
+                self._write_epoch(self._pending)
+        finally:
             self._writer.close()
             self._writer = None
+            self._pending = None
 
     def _write(self, epoch):
         raise NotImplementedError
@@ -452,7 +479,7 @@ class AttentionMapCallback(_EpochImageWriter):
             (a list, first layer first, or one array for a single layer), i.e. the layers'
             `return_attention_scores=True` outputs.
         log_dir: run folder, e.g. `<workdir>/tensorboard/images`.
-        every_n_epochs: log after every n-th epoch.
+        every_n_epochs: log after every n-th epoch, and after the last one `fit` runs.
         grid_size: `(gh, gw)` patch grid for the rollout image; None skips it.
         images: `(batch, H, W, 1 or 3)` images to overlay the rollout on; defaults to
             `sample_inputs` when those are such images.
@@ -555,7 +582,7 @@ class ImageHookCallback(_EpochImageWriter):
             matplotlib figure into such an array.
         log_dir: run folder, e.g. `<workdir>/tensorboard/images`.
         name: summary tag.
-        every_n_epochs: log after every n-th epoch.
+        every_n_epochs: log after every n-th epoch, and after the last one `fit` runs.
         max_outputs: most images written per epoch.
 
     Example:

@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("vit") / "run")
     cfg = Config(
         **dict(PRESETS["test"], max_train_examples=3000, epochs=3, hidden_dim=32, num_heads=2,
-               intermediate_dim=64, patch_size=4, num_layers=2, learning_rate=3e-3),
+               intermediate_dim=64, patch_size=4, num_layers=2, learning_rate=3e-3,
+               image_every_epochs=2),
         workdir=workdir,
     )
     summary = vit_train.run(cfg)
@@ -84,6 +85,14 @@ def test_tensorboard_has_scalars_attention_and_app_images(trained):
     cfg, _ = trained
     images = _event_tags(os.path.join(cfg.workdir, "tensorboard", "images"))
     assert {"attention/last_layer", "attention/rollout", "confusion_matrix", "misclassified"} <= images
+    # image_every_epochs=2 over 3 epochs: epoch 2 (step 1), and the last epoch (step 2).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(cfg.workdir, "tensorboard", "images"),
+                           size_guidance={"tensors": 0})
+    acc.Reload()
+    for tag in ("attention/rollout", "confusion_matrix", "misclassified"):
+        assert [e.step for e in acc.Tensors(tag)] == [1, 2], tag
     train_tags = _event_tags(os.path.join(cfg.workdir, "tensorboard", "train"))
     assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= train_tags
     assert "epoch_input_wait_fraction" in train_tags
@@ -265,6 +274,8 @@ def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
     assert not any(t.startswith("attention") for t in images), images
     with pytest.raises(ValueError, match="attention_images"):
         Config(attention_images=-1)
+    with pytest.raises(ValueError, match="image_every_epochs"):
+        Config(image_every_epochs=0)
 
 
 def test_refuses_to_resume_a_backup_of_another_architecture(tmp_path):
