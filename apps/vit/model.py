@@ -96,6 +96,8 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
             layer_scale_init_value=cfg.layer_scale_init_value,
             learned_scale=cfg.lsa,
             exclude_self=cfg.lsa,
+            mlp_local_kernel_size=cfg.mlp_local_kernel_size,
+            num_prefix_tokens=int(use_class_token),
             name=f"block{i}",
         )
         if use_class_token and i == cfg.num_layers - 1:
@@ -105,10 +107,10 @@ def build_vit(cfg, num_classes, channels, image_size=None, name="vit"):
             # (Both calls return the scores: Keras checks a functional graph assuming
             # every call of a layer has as many outputs as its first.)
             x_cls, _ = block(x, num_queries=1, return_attention_scores=True)  # (batch, 1, dim)
-            _, s = block(x, return_attention_scores=True)
+            _, s = block(x, return_attention_scores=True, grid_size=grid)
             x = x_cls
         else:
-            x, s = block(x, return_attention_scores=True)
+            x, s = block(x, return_attention_scores=True, grid_size=grid)
         scores.append(s)  # (batch, heads, tokens, tokens)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
 

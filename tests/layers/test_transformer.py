@@ -324,6 +324,10 @@ def test_key_dim_defaults_to_hidden_over_heads_and_can_differ():
             dict(num_heads=2, intermediate_dim=16, learned_scale=True, exclude_self=True),
             {"return_attention_scores": True},
         ),
+        (  # T = 6 tokens: 2 prefix tokens + a 2x2 grid through the local MLP
+            dict(num_heads=2, intermediate_dim=16, mlp_local_kernel_size=3, num_prefix_tokens=2),
+            {},
+        ),
     ],
 )
 def test_encoder_contract(kwargs, call_kwargs):
@@ -469,3 +473,26 @@ def test_encoder_num_queries_errors():
     embedded = keras.layers.Embedding(10, D, mask_zero=True)(np.array([[3, 4, 0], [1, 0, 0]]))
     with pytest.raises(ValueError, match="`num_queries` with a Keras mask.*`padding_mask`"):
         block(embedded, num_queries=1)
+
+
+# --- local MLP: depthwise convolution over the token grid inside the MLP ----------------------
+
+
+def test_encoder_local_mlp_class_token_only_and_grid():
+    x = _normal(B, 1 + 9, D)  # class token + 3x3 grid
+    block = TransformerEncoderBlock(HEADS, 16, mlp_local_kernel_size=3, num_prefix_tokens=1)
+    block(x)
+    _randomize_weights(block)
+    full = _np(block(x))
+    np.testing.assert_allclose(_np(block(x, num_queries=1)), full[:, :1], atol=2e-5)
+    # The grid matters: a 1x9 grid mixes other neighbours than 3x3.
+    assert not np.allclose(_np(block(x, grid_size=(1, 9))), full, atol=1e-4)
+    # Without the convolution (plain MLP) the outputs differ too: the kernel is used.
+    plain = TransformerEncoderBlock(HEADS, 16)
+    plain(x)
+    plain.set_weights([_np(w) for w in block.weights if "local_kernel" not in w.path])
+    assert not np.allclose(_np(plain(x)), full, atol=1e-4)
+    with pytest.raises(ValueError, match="`num_queries`=2 with `mlp_local_kernel_size` must be <= "):
+        block(x, num_queries=2)
+    with pytest.raises(ValueError, match="`mlp_local_kernel_size` must be an odd positive int"):
+        TransformerEncoderBlock(HEADS, 16, mlp_local_kernel_size=4)

@@ -4,7 +4,7 @@ import keras
 
 from tfattn.layers.functional import check_score, dropout
 from tfattn.layers.multi_head_attention import MultiHeadAttention, check_learned_scale
-from tfattn.layers.regularization import MLP, DropPath, LayerScale
+from tfattn.layers.regularization import MLP, DropPath, LayerScale, check_local_mlp_args
 
 
 def _check_positive_int(name, value, allow_none=False):
@@ -78,9 +78,11 @@ def _layer_scale(block, name):
     return LayerScale(block.layer_scale_init_value, dtype=block.dtype_policy, name=name)
 
 
-def _mlp(block, seed_offset):
+def _mlp(block, seed_offset, local_kernel_size=None, num_prefix_tokens=0):
     return MLP(
         block.intermediate_dim,
+        local_kernel_size=local_kernel_size,
+        num_prefix_tokens=num_prefix_tokens,
         activation=block.activation,
         dropout_rate=block.dropout_rate,
         kernel_initializer=block.kernel_initializer,
@@ -136,9 +138,9 @@ def _attention_residual(
     return _residual(block, x, h, norm, layer_scale, drop_path, training), scores
 
 
-def _mlp_residual(block, x, training):
+def _mlp_residual(block, x, training, **mlp_kwargs):
     # The MLP applies `dropout_rate` itself (after the activation and after fc2).
-    h = block.mlp(block.mlp_norm(x) if block.norm_first else x, training=training)
+    h = block.mlp(block.mlp_norm(x) if block.norm_first else x, training=training, **mlp_kwargs)
     return _residual(
         block, x, h, block.mlp_norm, block.mlp_layer_scale, block.mlp_drop_path, training
     )
@@ -168,6 +170,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         score, window_size, use_relative_position_bias, max_relative_position,
         learned_scale, exclude_self: passed to `tfattn.layers.MultiHeadAttention`
             (`learned_scale` + `exclude_self` = Locality Self-Attention, Lee et al. 2021).
+        mlp_local_kernel_size: odd int: a depthwise convolution of this size over the
+            token grid inside the MLP (`tfattn.layers.MLP`, PVTv2 / LocalViT), or None.
+        num_prefix_tokens: leading non-grid tokens (class token) that skip that convolution.
         kernel_initializer, bias_initializer: for the attention and MLP projections.
         seed: optional int seed for dropout and drop path.
 
@@ -186,7 +191,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
             hidden_dim)`; the other tokens serve only as keys and values. Exact for what
             it returns, and skips the queries, attention rows, output projection and MLP
             of the other tokens: e.g. `num_queries=1` in the last block of a class-token
-            classifier, whose head reads only the class token.
+            classifier, whose head reads only the class token. With
+            `mlp_local_kernel_size`, `num_queries` may not exceed `num_prefix_tokens` (the
+            grid would be incomplete).
+        grid_size: `(grid_h, grid_w)` of the patch tokens for `mlp_local_kernel_size`; None
+            infers a square grid from the static token count.
 
     Returns:
         `(batch, seq_len, hidden_dim)` (`seq_len` = `num_queries` if set), and the weights
@@ -219,6 +228,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         max_relative_position=None,
         learned_scale=False,
         exclude_self=False,
+        mlp_local_kernel_size=None,
+        num_prefix_tokens=0,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
@@ -259,11 +270,14 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.max_relative_position = max_relative_position
         self.learned_scale = learned_scale
         self.exclude_self = exclude_self
+        self.mlp_local_kernel_size = mlp_local_kernel_size
+        self.num_prefix_tokens = num_prefix_tokens
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.dropout_rate > 0 else None
         self.supports_masking = True
+        check_local_mlp_args(mlp_local_kernel_size, num_prefix_tokens, prefix="mlp_")
 
     def build(self, inputs_shape):
         if len(inputs_shape) != 3:
@@ -290,7 +304,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             name="self_attention",
         )
         self.mlp_norm = _layer_norm(self, "mlp_norm")
-        self.mlp = _mlp(self, seed_offset=2)
+        self.mlp = _mlp(self, 2, self.mlp_local_kernel_size, self.num_prefix_tokens)
         self.self_attention_drop_path = _drop_path(self, "self_attention_drop_path", seed_offset=3)
         self.mlp_drop_path = _drop_path(self, "mlp_drop_path", seed_offset=4)
         self.self_attention_layer_scale = _layer_scale(self, "self_attention_layer_scale")
@@ -314,10 +328,17 @@ class TransformerEncoderBlock(keras.layers.Layer):
         training=None,
         mask=None,
         num_queries=None,
+        grid_size=None,
     ):
         if num_queries is not None:
             if not isinstance(num_queries, int) or num_queries <= 0:
                 raise ValueError(f"`num_queries` must be a positive int or None; got {num_queries!r}.")
+            if self.mlp_local_kernel_size and num_queries > self.num_prefix_tokens:
+                raise ValueError(
+                    f"`num_queries`={num_queries} with `mlp_local_kernel_size` must be <= "
+                    f"`num_prefix_tokens`={self.num_prefix_tokens}: the MLP's convolution "
+                    "needs the whole token grid."
+                )
             if mask is not None:
                 # Keras would attach the full-length input mask to the shorter output.
                 raise ValueError(
@@ -349,7 +370,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
         )
-        x = _mlp_residual(self, x, training)
+        mlp_kwargs = {"grid_size": grid_size} if self.mlp_local_kernel_size else {}
+        x = _mlp_residual(self, x, training, **mlp_kwargs)
         if return_attention_scores:
             return x, scores
         return x
@@ -374,6 +396,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 "max_relative_position": self.max_relative_position,
                 "learned_scale": self.learned_scale,
                 "exclude_self": self.exclude_self,
+                "mlp_local_kernel_size": self.mlp_local_kernel_size,
+                "num_prefix_tokens": self.num_prefix_tokens,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "seed": self.seed,

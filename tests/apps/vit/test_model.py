@@ -22,6 +22,8 @@ def _cfg(**overrides):
         ({"pooling": "attention"}, 0),
         ({"pooling": "cls", "spt": True, "lsa": True, "num_layers": 2}, 1),
         ({"pooling": "cls", "conv_stem": True, "lsa": True, "patch_size": 4}, 1),
+        ({"pooling": "cls", "num_layers": 2, "patch_size": 4, "mlp_local_kernel_size": 3}, 1),
+        ({"pooling": "gap", "num_layers": 2, "patch_size": 4, "mlp_local_kernel_size": 3}, 0),
     ],
 )
 def test_shapes_and_attention_outputs(overrides, prefix):
@@ -56,8 +58,12 @@ def test_drop_path_rates_grow_linearly():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"spt": True}, {"conv_stem": True, "patch_size": 4, "conv_stem_depth": 2}],
-    ids=["spt", "conv_stem"],
+    [
+        {"spt": True},
+        {"conv_stem": True, "patch_size": 4, "conv_stem_depth": 2},
+        {"patch_size": 4, "mlp_local_kernel_size": 3},
+    ],
+    ids=["spt", "conv_stem", "local_mlp"],
 )
 def test_keras_round_trip_with_tokenisers_and_lsa(tmp_path, overrides):
     cfg = _cfg(lsa=True, layer_scale_init_value=0.1, pooling="attention", **overrides)
@@ -69,9 +75,11 @@ def test_keras_round_trip_with_tokenisers_and_lsa(tmp_path, overrides):
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("conv_stem", [False, True], ids=["patchify", "conv_stem"])
-def test_resize_keeps_weights_and_runs_at_new_size(conv_stem):
-    cfg = _cfg(patch_size=4, conv_stem=conv_stem)
+@pytest.mark.parametrize(
+    "conv_stem, local", [(False, None), (True, None), (False, 3)], ids=["patchify", "conv_stem", "local_mlp"]
+)
+def test_resize_keeps_weights_and_runs_at_new_size(conv_stem, local):
+    cfg = _cfg(patch_size=4, conv_stem=conv_stem, mlp_local_kernel_size=local)
     model, _ = build_vit(cfg, num_classes=10, channels=1)
     bigger, attention = resize_vit(model, cfg, 10, 1, 56)
     assert bigger.input_shape == (None, 56, 56, 1)
@@ -119,6 +127,7 @@ def test_bad_image_size_for_patch():
         ({"conv_stem": True, "spt": True}, "`conv_stem` and `spt`"),
         ({"conv_stem": True, "patch_size": 7}, "power-of-two `patch_size`"),
         ({"conv_stem": True, "conv_stem_depth": 0}, "`conv_stem_depth` must be >= 1"),
+        ({"mlp_local_kernel_size": 2}, "`mlp_local_kernel_size` must be an odd int"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -148,10 +157,11 @@ def test_class_token_model_computes_only_the_class_token_in_the_last_block():
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(expected), atol=1e-5)
 
 
-def test_attention_model_of_a_reloaded_class_token_model_gives_full_maps(tmp_path):
+@pytest.mark.parametrize("local", [None, 3], ids=["plain_mlp", "local_mlp"])
+def test_attention_model_of_a_reloaded_class_token_model_gives_full_maps(tmp_path, local):
     """After save/load only the class-token call of the last block is left in the graph;
     `attention_model_of` calls that block again in full, matching build_vit's maps."""
-    cfg = _cfg(pooling="cls", num_layers=2)
+    cfg = _cfg(pooling="cls", num_layers=2, patch_size=4 if local else 7, mlp_local_kernel_size=local)
     model, attention_model = build_vit(cfg, num_classes=10, channels=1)
     path = str(tmp_path / "vit.keras")
     model.save(path)
