@@ -19,6 +19,7 @@ overridden, e.g. `--epochs 5 --strategy mirrored`):
 import dataclasses
 from typing import Literal
 
+from tfattn.layers.regularization import check_local_mlp_args
 from tfattn.training import STRATEGIES
 
 Strategy = Literal[STRATEGIES]
@@ -143,13 +144,7 @@ class Config:
             raise ValueError(
                 f"`conv_stem` needs a power-of-two `patch_size`; got {self.patch_size}."
             )
-        if self.mlp_local_kernel_size is not None and (
-            self.mlp_local_kernel_size < 1 or self.mlp_local_kernel_size % 2 == 0
-        ):
-            raise ValueError(
-                f"`mlp_local_kernel_size` must be an odd int >= 1 or none; got "
-                f"{self.mlp_local_kernel_size}."
-            )
+        check_local_mlp_args(self.mlp_local_kernel_size, 0, prefix="mlp_")
         if self.attention_images < 0:
             raise ValueError(f"`attention_images` must be >= 0; got {self.attention_images}.")
         if self.max_train_examples is not None and self.max_train_examples < 1:

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from tfattn.layers.functional import dropout
+from tfattn.layers.position import _as_grid
 
 
 @keras.saving.register_keras_serializable(package="tfattn")
@@ -112,10 +113,10 @@ def _centre_identity(shape, dtype=None):
 
 def _token_grid(num_patches, grid_size):
     if grid_size is not None:
-        grid_h, grid_w = int(grid_size[0]), int(grid_size[1])
+        grid_h, grid_w = _as_grid("grid_size", grid_size)
         if num_patches is not None and grid_h * grid_w != num_patches:
             raise ValueError(
-                f"`grid_size` {tuple(grid_size)} has {grid_h * grid_w} cells but the input has "
+                f"`grid_size` {(grid_h, grid_w)} has {grid_h * grid_w} cells but the input has "
                 f"{num_patches} patch tokens."
             )
         return grid_h, grid_w

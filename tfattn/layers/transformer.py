@@ -138,9 +138,10 @@ def _attention_residual(
     return _residual(block, x, h, norm, layer_scale, drop_path, training), scores
 
 
-def _mlp_residual(block, x, training, **mlp_kwargs):
-    # The MLP applies `dropout_rate` itself (after the activation and after fc2).
-    h = block.mlp(block.mlp_norm(x) if block.norm_first else x, training=training, **mlp_kwargs)
+def _mlp_residual(block, x, training, grid_size=None):
+    # The MLP applies `dropout_rate` itself (after the activation and after fc2); `grid_size`
+    # is used only by a local MLP.
+    h = block.mlp(block.mlp_norm(x) if block.norm_first else x, training=training, grid_size=grid_size)
     return _residual(
         block, x, h, block.mlp_norm, block.mlp_layer_scale, block.mlp_drop_path, training
     )
@@ -370,8 +371,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
         )
-        mlp_kwargs = {"grid_size": grid_size} if self.mlp_local_kernel_size else {}
-        x = _mlp_residual(self, x, training, **mlp_kwargs)
+        x = _mlp_residual(self, x, training, grid_size=grid_size)
         if return_attention_scores:
             return x, scores
         return x

@@ -127,7 +127,7 @@ def test_bad_image_size_for_patch():
         ({"conv_stem": True, "spt": True}, "`conv_stem` and `spt`"),
         ({"conv_stem": True, "patch_size": 7}, "power-of-two `patch_size`"),
         ({"conv_stem": True, "conv_stem_depth": 0}, "`conv_stem_depth` must be >= 1"),
-        ({"mlp_local_kernel_size": 2}, "`mlp_local_kernel_size` must be an odd int"),
+        ({"mlp_local_kernel_size": 2}, "`mlp_local_kernel_size` must be an odd positive int"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
