@@ -3,7 +3,10 @@
 Trains a tiny attention classifier (PatchEmbedding -> TransformerEncoderBlock ->
 AttentionPooling -> Dense) on the first 256 scikit-learn digits with `model.fit`, fixed
 order, no shuffling, global batch 32, and writes `<out>/result.json` (per-step and
-per-epoch losses, number of replicas, chief flag) and `<out>/weights.npz`.
+per-epoch losses, number of replicas, chief flag, evaluations on sizes that leave a
+partial last batch, predictions: on all workers after fit and on the chief alone during
+it) and `<out>/weights.npz` (final weights). With `--workdir`, every worker then loads the
+chief's best checkpoint (`load_weights_everywhere`) and writes `<out>/restored.npz`.
 
     python tests/training/mw_worker.py --out DIR --strategy multi_worker [--no-fix]
         [--logical-cpus 2] [--workdir DIR] [--numpy]
@@ -27,6 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 GLOBAL_BATCH = 32
 NUM_SAMPLES = 256
+EVAL_SIZES = (250, 225)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -138,12 +142,22 @@ def main(argv=None):
         strategy_lib.enable_multi_worker_fit(model)
 
     step_losses = []
+    chief_predictions = []
 
     class RecordStepLoss(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             step_losses.append(float(logs["loss"]))
 
+    class ChiefOnlyPredict(keras.callbacks.Callback):
+        """A per-epoch hook that predicts on the chief only, as the apps' image hooks do
+        (Keras's distributed predict fails here: collective mismatch, issue 14)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            chief_predictions.append(model.predict(x[:40], batch_size=16, verbose=0).tolist())
+
     callbacks = [RecordStepLoss()]
+    if strategy_lib.is_chief(strategy):
+        callbacks.append(ChiefOnlyPredict())
     if args.workdir:
         # The runtime's callbacks under the patched fit: only the chief may write
         # TensorBoard logs and checkpoints; every worker keeps its own backup.
@@ -157,7 +171,24 @@ def main(argv=None):
     )
 
     eval_logs = model.evaluate(dataset, verbose=0, return_dict=True)
+    # Sizes that leave a partial last global batch (250: 26 examples) and one so small
+    # (225: 1 example) that a worker's share of it is empty.
+    uneven_eval = {}
+    for n in EVAL_SIZES:
+        ds = tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).batch(GLOBAL_BATCH)
+        logs = model.evaluate(ds.with_options(strategy_lib.dataset_options()), verbose=0,
+                              return_dict=True)
+        uneven_eval[str(n)] = {k: float(v) for k, v in logs.items()}
+    predictions = model.predict(x[:50], batch_size=16, verbose=0)
     os.makedirs(args.out, exist_ok=True)
+    final_weights = [np.asarray(w) for w in model.get_weights()]
+    restored = None
+    if args.workdir:
+        # The best checkpoint exists on the chief only; every worker must end with it.
+        best = os.path.join(args.workdir, "checkpoints", "best.keras")
+        strategy_lib.load_weights_everywhere(model, best, strategy)
+        restored = strategy_lib.weights_fingerprint(model)
+        np.savez(os.path.join(args.out, "restored.npz"), *model.get_weights())
     if args.workdir:
         with strategy_lib.worker_dir(args.workdir, strategy) as write_dir:
             with open(os.path.join(write_dir, "marker.txt"), "w") as f:
@@ -173,13 +204,14 @@ def main(argv=None):
         "epoch_losses": [float(v) for v in history.history["loss"]],
         "epoch_accuracy": [float(v) for v in history.history["accuracy"]],
         "eval_loss": float(eval_logs["loss"]),
+        "uneven_eval": uneven_eval,
+        "predictions": predictions.tolist(),
+        "chief_predictions": chief_predictions,
+        "restored_fingerprint": restored,
     }
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f)
-    np.savez(
-        os.path.join(args.out, "weights.npz"),
-        *[np.asarray(w) for w in model.get_weights()],
-    )
+    np.savez(os.path.join(args.out, "weights.npz"), *final_weights)
     return 0
 
 

@@ -71,6 +71,34 @@ def test_two_workers_fit_matches_single_process(tmp_path):
     # The model learned something: the loss went down.
     assert single["step_losses"][-1] < single["step_losses"][0] - 0.1
 
+    # evaluate is exact over the whole dataset, also with a partial last global batch
+    # and with a last batch too small for every worker to get a share of it.
+    for n, logs in single["uneven_eval"].items():
+        for key, value in logs.items():
+            assert r0["uneven_eval"][n][key] == r1["uneven_eval"][n][key], (n, key)
+            np.testing.assert_allclose(r0["uneven_eval"][n][key], value, rtol=1e-4, atol=1e-6)
+    # predict: the chief alone predicted after every epoch (no collective to hang on),
+    # and after fit every worker predicts the whole input, identically.
+    assert len(r0["chief_predictions"]) == 2 and r1["chief_predictions"] == []
+    assert np.asarray(r0["chief_predictions"]).shape == (2, 40, 10)
+    np.testing.assert_array_equal(r0["predictions"], r1["predictions"])
+    assert np.asarray(r0["predictions"]).shape == (50, 10)
+    np.testing.assert_allclose(r0["predictions"], single["predictions"], atol=1e-2)
+    np.testing.assert_allclose(
+        np.asarray(r0["chief_predictions"][-1]), np.asarray(r0["predictions"])[:40], atol=1e-5
+    )
+
+    # Both workers end with the chief's best checkpoint, which only the chief has.
+    assert r0["restored_fingerprint"] == r1["restored_fingerprint"] is not None
+    import keras
+
+    import tfattn.layers  # noqa: F401  (registers the layers in the checkpoint)
+
+    best = keras.saving.load_model(os.path.join(workdir, "checkpoints", "best.keras"))
+    with np.load(tmp_path / "w1" / "restored.npz") as restored:
+        for i, w in enumerate(best.get_weights()):
+            np.testing.assert_array_equal(restored[f"arr_{i}"], w)
+
     # Chief-only writes: only worker 0's marker, TensorBoard logs, best checkpoint and
     # export are in the workdir; worker 1's backup folder is cleaned up after fit.
     entries = set(os.listdir(workdir)) - {"backup_workers"}

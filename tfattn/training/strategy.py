@@ -17,6 +17,7 @@ scope; `model.fit` stays the trainer:
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
@@ -271,7 +273,7 @@ def resolve_jit_compile(jit_compile=None):
 
 
 def enable_multi_worker_fit(model):
-    """Makes `model.fit`/`evaluate` work under `MultiWorkerMirroredStrategy`; returns `model`.
+    """Makes `fit`, `evaluate` and `predict` work under `MultiWorkerMirroredStrategy`; returns `model`.
 
     Keras 3's `fit` fails under multi-worker strategies (keras-team/keras#20585,
     tensorflow#72388; reproduced with Keras 3.15.1 / TF 2.21 in
@@ -286,9 +288,27 @@ def enable_multi_worker_fit(model):
     `strategy.run` and average the logs across workers with
     `strategy.reduce("MEAN", v, axis=None)`. Gradients are all-reduced by the optimizer
     as usual, so training matches single-process training on the same global batches
-    (tested: two workers vs one process). `predict` is unchanged. `steps_per_execution`
-    is honoured, one tf.function call per step. No-op unless the model was created under
-    a `MultiWorkerMirroredStrategy` scope; call it after `compile`.
+    (tested: two workers vs one process). `steps_per_execution` is honoured, one
+    tf.function call per step.
+
+    `evaluate` stays distributed: each worker runs its share of every batch and the
+    metrics' sync-on-read state (totals and counts) is summed over all workers when the
+    result is read, so the result is the exact metric over the whole dataset, the same on
+    every worker. It is a collective: every worker must call it, with the same data.
+
+    `predict` is made local (`predict_locally`): each worker runs the whole input through
+    its own copy of the weights, with no collective at all. Keras's distributed `predict`
+    gathers each batch's outputs from all workers (`_multi_worker_concat`), so a `predict`
+    on the chief alone (a per-epoch image hook, a report) waits in a collective that the
+    other workers never join, or meets their next training step's all-reduce ("Collective
+    ops is aborted by: ... expected type 0 and data_type 1 but got type 2 and data_type 3").
+    The replicas hold identical weights, so the local result is the distributed one; it
+    costs each worker the whole input instead of its share, which is cheap next to
+    training. Call `predict` outside `strategy.scope()`.
+
+    No-op unless the model was created under a `MultiWorkerMirroredStrategy` scope; call it
+    after `compile` (or on an uncompiled model that only predicts, such as an attention
+    model sharing the classifier's layers).
     """
     strategy = model.distribute_strategy
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -359,7 +379,127 @@ def enable_multi_worker_fit(model):
     model._maybe_symbolic_build = maybe_symbolic_build
     model.make_train_function = make_train_function
     model.make_test_function = make_test_function
+    model.predict = predict_locally(model)
     model.train_function = None
     model.test_function = None
     model._tfattn_multi_worker_fit = True
     return model
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def predict_locally(model):
+    """Returns `model.predict` run without the model's strategy: no collectives.
+
+    `enable_multi_worker_fit` installs it as `model.predict` under
+    `MultiWorkerMirroredStrategy` (see there why). Keras's own `predict` then runs as in a
+    single process: the input is not sharded, every batch goes through this worker's copy
+    of the (mirrored) weights, and progress bars, callbacks and `steps_per_execution`
+    behave as usual. The compiled predict function is kept apart from the distributed one.
+    """
+    predict = type(model).predict.__get__(model)
+
+    def local_predict(*args, **kwargs):
+        if tf.distribute.has_strategy():
+            raise RuntimeError(
+                "Under MultiWorkerMirroredStrategy, call `predict` outside "
+                "`strategy.scope()`: it runs locally on each worker, without the strategy."
+            )
+        saved = model._distribute_strategy, model.predict_function
+        model._distribute_strategy = None
+        model.predict_function = getattr(model, "_tfattn_local_predict_function", None)
+        try:
+            return predict(*args, **kwargs)
+        finally:
+            model._tfattn_local_predict_function = model.predict_function
+            model._distribute_strategy, model.predict_function = saved
+
+    return local_predict
+
+
+def broadcast_from_chief(variables, strategy=None):
+    """Sets `variables` on every worker to the chief's values (a collective; all call it).
+
+    For state that only the chief has, e.g. weights it loaded from a checkpoint file that
+    only the chief wrote. The chief's first local replica contributes its values and every
+    other replica zeros to one all-reduce sum per dtype, so the result is exactly the
+    chief's values. A no-op outside `MultiWorkerMirroredStrategy`.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    variables = list(variables)
+    if not _is_multi_worker(strategy) or not variables:
+        return
+    chief = is_chief(strategy)
+    by_dtype = {}
+    for v in variables:
+        by_dtype.setdefault(tf.as_dtype(v.dtype), []).append(v)
+    for dtype, group in by_dtype.items():
+        flat = tf.concat([tf.reshape(tf.convert_to_tensor(v.value), [-1]) for v in group], 0)
+        calls = []
+
+        def contribution(ctx, flat=flat, calls=calls):
+            first_local = not calls  # called once per local replica, in order
+            calls.append(ctx.replica_id_in_sync_group)
+            return tf.identity(flat) if chief and first_local else tf.zeros_like(flat)
+
+        per_replica = strategy.experimental_distribute_values_from_function(contribution)
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        sizes = [int(np.prod(v.shape)) for v in group]
+        for v, part in zip(group, tf.split(total, sizes)):
+            v.assign(tf.reshape(part, v.shape))
+
+
+def load_weights_everywhere(model, path, strategy=None, missing_ok=False):
+    """`model.load_weights(path)` on every worker, where only the chief has the file.
+
+    Single-process strategies just load it. Under `MultiWorkerMirroredStrategy` the chief
+    loads the file and `broadcast_from_chief` copies the weights to every other worker
+    (all workers must call this, and all learn from the chief whether the file exists).
+
+    Returns:
+        True if the weights were loaded; False if the file is missing and `missing_ok`.
+
+    Raises:
+        FileNotFoundError: the chief has no file at `path` and not `missing_ok`.
+    """
+    strategy = strategy or model.distribute_strategy
+    chief = is_chief(strategy)
+    found = chief and os.path.exists(path)
+    if _is_multi_worker(strategy):
+        found = bool(mean_over_workers([float(found)], strategy)[0] > 0)
+    if not found:
+        if missing_ok:
+            return False
+        raise FileNotFoundError(f"No weights file at {path!r} on the chief.")
+    if chief:
+        model.load_weights(path)
+    broadcast_from_chief(model.weights, strategy)
+    return True
+
+
+def mean_over_workers(values, strategy=None):
+    """The mean of a float vector over all workers (a collective; all call it).
+
+    For decisions every worker must take alike, such as a time budget measured on each
+    worker's own clock. Outside `MultiWorkerMirroredStrategy` returns `values` as floats.
+    """
+    values = np.asarray(values, np.float64)
+    strategy = strategy or tf.distribute.get_strategy()
+    if not _is_multi_worker(strategy):
+        return values
+    tensor = tf.constant(values)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.identity(tensor)
+    )
+    total = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    return np.asarray(total, np.float64)
+
+
+def weights_fingerprint(model):
+    """Short SHA-256 of every weight's bytes: equal on all workers when replicas agree."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]
