@@ -1,0 +1,1 @@
+"""Forecasting app: attention models for stock and weather series (tfattn)."""
