@@ -28,7 +28,8 @@ data:
 	    || echo "could not install dataset-fashion-mnist: Fashion-MNIST will come from TFDS"; \
 	  else echo "not root or no apt-get: Fashion-MNIST will come from TFDS"; fi; }
 
-test: test-tf test-jax test-notebooks
+# The notebooks run inside test-tf (tests/test_notebooks.py, which also checks their figures).
+test: test-tf test-jax
 
 test-tf: $(STAMP) data
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS) tests

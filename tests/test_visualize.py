@@ -7,6 +7,7 @@ from tfattn.visualize import (
     attention_heatmap_png,
     attention_rollout,
     cls_attention_map,
+    upscale_images,
 )
 
 
@@ -102,6 +103,20 @@ def test_images_overlay_upsampling_follows_the_hot_patch():
 
 def test_images_grid_without_image_is_grid_resolution():
     assert attention_heatmap_images(np.ones((3, 6)), grid_size=(2, 3)).shape == (3, 2, 3, 3)
+
+
+def test_upscale_images_by_a_whole_factor_keeps_pixels_as_blocks():
+    images = np.arange(2 * 7 * 5 * 3, dtype=np.uint8).reshape(2, 7, 5, 3)
+    big = upscale_images(images, 224)  # factor ceil(224 / 7) = 32
+    assert big.shape == (2, 224, 160, 3) and big.dtype == np.uint8
+    np.testing.assert_array_equal(big[:, ::32, ::32], images)
+    np.testing.assert_array_equal(big[1, 32:64, 64:96], np.broadcast_to(images[1, 1, 2], (32, 32, 3)))
+    assert upscale_images(images, 7).shape == images.shape  # large enough already
+    assert upscale_images(np.zeros((1, 28, 28, 3)), 224).shape == (1, 224, 224, 3)
+    with pytest.raises(ValueError, match="min_size"):
+        upscale_images(images, 0)
+    with pytest.raises(ValueError, match=r"`images` must have shape \(n, H, W, C\)"):
+        upscale_images(images[0], 224)
 
 
 @pytest.mark.parametrize(

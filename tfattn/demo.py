@@ -5,7 +5,7 @@
 Trains in about a minute on 2 CPU cores (expect ~95% test accuracy) under the auto-selected
 `tf.distribute` strategy, logs scalars and attention maps to TensorBoard, writes attention
 heatmaps (PNG) and exports a verified SavedModel for TF Serving (a new version per run).
-It is the `make demo` target until the ViT app lands; it uses only public tfattn APIs.
+`make demo-layers` runs it; it uses only public tfattn APIs.
 """
 
 import argparse
@@ -14,11 +14,8 @@ import os
 import time
 
 import keras
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.image import imsave  # no pyplot: a notebook importing this keeps its backend
 
 from tfattn import training
 from tfattn.layers import (
@@ -27,7 +24,14 @@ from tfattn.layers import (
     PositionEmbedding,
     TransformerEncoderBlock,
 )
-from tfattn.visualize import attention_heatmap_images, attention_heatmap_png, attention_rollout
+from tfattn.visualize import (
+    attention_heatmap_images,
+    attention_heatmap_png,
+    attention_rollout,
+    upscale_images,
+)
+
+ROLLOUT_PIXELS = 128  # side of each 8x8 digit in attention_rollout.png
 
 
 def load_digits_split(seed=0, test_fraction=0.2):
@@ -107,7 +111,9 @@ def main(argv=None):
     relevance = rollout.mean(axis=1)  # (8, 16) over the 4x4 patch grid
     overlays = attention_heatmap_images(relevance, grid_size=(4, 4), image=x_test[:8])
     rollout_png = os.path.join(args.workdir, "attention_rollout.png")
-    plt.imsave(rollout_png, np.concatenate(list(overlays), axis=1))  # 8 digits side by side
+    digits = upscale_images(overlays, ROLLOUT_PIXELS)  # (8, 128, 128, 3)
+    gap = np.ones((ROLLOUT_PIXELS, ROLLOUT_PIXELS // 16, 3), np.float32)  # white
+    imsave(rollout_png, np.concatenate([part for d in digits for part in (d, gap)][:-1], axis=1))
 
     export_root = os.path.join(args.workdir, "export")
     model_dir = os.path.join(export_root, "digits_vit")
@@ -138,4 +144,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main)

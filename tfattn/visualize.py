@@ -11,6 +11,7 @@ Example:
 >>> rollout = attention_rollout([w1, w2, w3])             # per-layer (batch, heads, T, T)
 >>> maps = cls_attention_map(rollout, grid_size=(14, 14))  # (batch, 14, 14) in [0, 1]
 >>> tf.summary.image("rollout", attention_heatmap_images(maps, (14, 14), images), step=step)
+>>> upscale_images(attention_heatmap_images(maps, (14, 14), images))  # >= 224 px, readable
 """
 
 import os
@@ -227,6 +228,31 @@ def attention_heatmap_images(weights, grid_size=None, image=None, cmap="viridis"
     image = np.broadcast_to(image, image.shape[:3] + (3,))  # grayscale -> RGB
     heat = _colorize(_scale_to_unit(_resize_bilinear(maps, image.shape[1:3])), cmap)
     return ((1.0 - alpha) * image + alpha * heat).astype(np.float32)
+
+
+def upscale_images(images, min_size=224):
+    """Enlarges images by a whole factor (nearest neighbour) until the longer side is >= `min_size`.
+
+    A 28x28 image or a 7x7 patch map is a speck in TensorBoard and in image viewers, which
+    show images at their stored size; whole-factor nearest neighbour keeps every pixel and
+    patch a sharp square block.
+
+    Args:
+        images: `(n, H, W, C)` array.
+        min_size: smallest wanted longer side, in pixels; images at least that large are
+            returned as they are.
+
+    Returns:
+        `(n, k * H, k * W, C)` array of the same dtype, `k = ceil(min_size / max(H, W))`.
+    """
+    images = np.asarray(images)
+    _check_rank(images, "images", (4,), "(n, H, W, C)")
+    if not isinstance(min_size, (int, np.integer)) or min_size < 1:
+        raise ValueError(f"`min_size` must be a positive int; got {min_size!r}.")
+    factor = -(-min_size // max(1, *images.shape[1:3]))  # ceiling division
+    if factor <= 1:
+        return images
+    return images.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
 def attention_rollout(attention_weights, discard_ratio=0.0, head_fusion="mean", add_residual=True):

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Literal
 
 from tfattn.layers.regularization import check_local_mlp_args
-from tfattn.training import STRATEGIES
+from tfattn.training import STRATEGIES, config_field
 
 Strategy = Literal[STRATEGIES]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
@@ -32,79 +32,124 @@ class Config:
     """Vision Transformer image classification (tfattn ViT app)."""
 
     # Data
-    dataset: str = "fashion_mnist"  # "fashion_mnist", "tfds:NAME" or "folder:/path"
-    data_dir: str | None = None  # fashion_mnist: folder of the IDX files
-    image_size: int = 28
-    channels: int | None = None  # 1 or 3; None keeps the source's channels
-    validation_fraction: float = 0.1
-    max_train_examples: int | None = None  # subsample training data (quick runs)
-    strict: bool = False  # folder datasets: fail on unreadable files instead of skipping
+    dataset: str = config_field(
+        "fashion_mnist", 'training data: "fashion_mnist", "tfds:NAME" or "folder:/path" '
+        "with one sub-folder per class"
+    )
+    data_dir: str | None = config_field(None, "fashion_mnist: folder of its IDX files")
+    image_size: int = config_field(28, "side of the square images the model takes, px")
+    channels: int | None = config_field(
+        None, "1 or 3 to convert the images to; none keeps the source's"
+    )
+    validation_fraction: float = config_field(
+        0.1, "share of the training split held out for validation"
+    )
+    max_train_examples: int | None = config_field(None, "use this many training images (quick)")
+    strict: bool = config_field(
+        False, "folder datasets: fail on unreadable files instead of skipping them"
+    )
 
     # Model
-    patch_size: int = 4
-    hidden_dim: int = 64
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_dim: int = 128
-    pooling: Pooling = "cls"
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.1
-    layer_scale_init_value: float | None = None
-    spt: bool = False  # shifted patch tokenisation (Lee et al. 2021)
-    lsa: bool = False  # locality self-attention: learned temperature, no self-attention
-    conv_stem: bool = False  # stride-2 3x3 conv stem instead of patchify (Xiao et al. 2021)
-    conv_stem_depth: int = 1  # convolutions per resolution in the conv stem (1: Xiao et al.)
-    # Depthwise k x k convolution over the token grid inside each block's MLP (PVTv2's
-    # convolutional feed-forward; LocalViT): a locality prior for small data. None: off.
-    mlp_local_kernel_size: int | None = None
+    patch_size: int = config_field(4, "side of the square patches, px; a patch is a token")
+    hidden_dim: int = config_field(64, "token width")
+    num_layers: int = config_field(4, "Transformer encoder blocks")
+    num_heads: int = config_field(4, "attention heads per block")
+    intermediate_dim: int = config_field(128, "hidden width of each block's MLP")
+    pooling: Pooling = config_field(
+        "cls", "image summary the head reads: class token, mean of tokens, attention pooling"
+    )
+    dropout_rate: float = config_field(0.0, "dropout on the embeddings, attention output and MLP")
+    attention_dropout_rate: float = config_field(0.0, "dropout on the attention weights")
+    drop_path_rate: float = config_field(
+        0.1, "stochastic depth of the last block, rising linearly from 0 in the first"
+    )
+    layer_scale_init_value: float | None = config_field(
+        None, "LayerScale initial value (CaiT), e.g. 1e-4; none: off"
+    )
+    spt: bool = config_field(False, "shifted patch tokenisation (Lee et al. 2021)")
+    lsa: bool = config_field(
+        False, "locality self-attention: learned temperature, tokens do not attend to themselves"
+    )
+    conv_stem: bool = config_field(
+        False, "stride-2 3x3 convolution stem instead of patchify (Xiao et al. 2021)"
+    )
+    conv_stem_depth: int = config_field(
+        1, "convolutions per resolution in the conv stem (1: Xiao et al.)"
+    )
+    # PVTv2's convolutional feed-forward / LocalViT: a locality prior for small data.
+    mlp_local_kernel_size: int | None = config_field(
+        None, "k x k depthwise convolution over the token grid in each MLP; none: off"
+    )
 
     # Optimisation
-    epochs: int = 10
-    batch_size: int = 128  # per replica
-    learning_rate: float = 1e-3  # for a global batch of 128; scaled linearly with the batch
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_learning_rate: float = 1e-5
-    gradient_clip_norm: float | None = 1.0
-    time_budget_minutes: float | None = None  # training ends within it, at an epoch boundary
-    # With a budget: shorten the cosine schedule to end on the last epoch that fits (so the
-    # rate is fully decayed when time runs out) instead of stopping mid-decay.
-    fit_schedule_to_budget: bool = True
+    epochs: int = config_field(10, "training epochs: the cosine schedule's length")
+    batch_size: int = config_field(128, "images per batch per replica")
+    learning_rate: float = config_field(
+        1e-3, "peak AdamW rate for a global batch of 128, scaled linearly with the batch"
+    )
+    weight_decay: float = config_field(0.05, "AdamW decoupled weight decay")
+    warmup_epochs: float = config_field(1.0, "linear warm-up before the cosine decay, epochs")
+    min_learning_rate: float = config_field(1e-5, "rate at the end of the cosine decay")
+    gradient_clip_norm: float | None = config_field(1.0, "global gradient norm clip; none: off")
+    time_budget_minutes: float | None = config_field(
+        None, "stop training within this many minutes, at an epoch boundary"
+    )
+    # Shortening the schedule means the rate is fully decayed when time runs out, instead of
+    # training stopping mid-decay.
+    fit_schedule_to_budget: bool = config_field(
+        True, "with a time budget: end the cosine schedule on the last epoch that fits"
+    )
 
     # Augmentation
-    pad: int = 2  # pad-and-crop pixels (0: off)
-    random_resized_crop: bool = False
-    crop_scale: tuple[float, float] = (0.35, 1.0)  # area share of random resized crops
-    flip: bool = True
-    randaugment_layers: int = 0
-    randaugment_magnitude: float = 0.5  # Keras RandAugment `factor` in [0, 1]
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    label_smoothing: float = 0.1
+    pad: int = config_field(2, "pad-and-crop shift, px (0: off)")
+    random_resized_crop: bool = config_field(False, "Inception-style random resized crops")
+    crop_scale: tuple[float, float] = config_field(
+        (0.35, 1.0), "area share range of the random resized crops"
+    )
+    flip: bool = config_field(True, "random horizontal flips")
+    randaugment_layers: int = config_field(0, "RandAugment operations per image (0: off)")
+    randaugment_magnitude: float = config_field(0.5, "RandAugment strength in [0, 1]")
+    mixup_alpha: float = config_field(0.0, "mixup Beta(alpha, alpha); 0: off")
+    cutmix_alpha: float = config_field(0.0, "CutMix Beta(alpha, alpha); 0: off")
+    label_smoothing: float = config_field(0.1, "label smoothing of the one-hot targets")
 
     # Runtime
-    workdir: str = "runs/vit"
-    strategy: Strategy = "auto"
-    tpu: str | None = None
-    precision: Precision = "float32"
-    jit_compile: bool = True
-    steps_per_execution: int = 1
-    seed: int = 0
-    early_stopping_patience: int | None = None
-    profile_batches: int | None = None
-    attention_images: int = 8  # test images whose attention is logged (0: none)
-    # TensorBoard images (attention, confusion matrix, errors) every n epochs and after the
-    # last one; each logging pass costs ~1.5 s (a validation prediction and three figures).
-    image_every_epochs: int = 1
-    verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
+    workdir: str = config_field(
+        "runs/vit", "output folder (config, TensorBoard, checkpoints, model, export); "
+        "rerun the same command to resume a killed run"
+    )
+    strategy: Strategy = config_field(
+        "auto", "tf.distribute strategy; auto: a TPU, else all GPUs, else the CPU"
+    )
+    tpu: str | None = config_field(None, "TPU name or address (none: from the environment)")
+    precision: Precision = config_field("float32", "dtype policy; mixed: 16-bit math on GPU/TPU")
+    jit_compile: bool = config_field(True, "compile the train step with XLA")
+    steps_per_execution: int = config_field(1, "batches per compiled call: fewer host round trips")
+    seed: int = config_field(0, "seed of the splits, initialisation and augmentation")
+    early_stopping_patience: int | None = config_field(
+        None, "stop after this many epochs without a better val_accuracy; none: off"
+    )
+    profile_batches: int | None = config_field(
+        None, "profile this batch (1-based) for TensorBoard's profile tab; none: off"
+    )
+    attention_images: int = config_field(
+        8, "test images whose attention rollout TensorBoard shows (0: none)"
+    )
+    # Each logging pass costs ~1.5 s (a validation prediction and three figures).
+    image_every_epochs: int = config_field(
+        1, "log TensorBoard images (attention, confusion matrix, errors) every n epochs and "
+        "after the last"
+    )
+    verbose: int = config_field(2, "Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
 
     # Export
-    export_name: str = "vit"
-    export_version: int | None = None  # None: one above the newest existing version
-    overwrite: bool = False
-    top_k: int = 5
-    tflite: bool = False  # also write a dynamic-range quantised TFLite model
+    export_name: str = config_field("vit", "model name: export/<name>/<version>/, TF Serving's")
+    export_version: int | None = config_field(
+        None, "SavedModel version; none: one above the newest existing version"
+    )
+    overwrite: bool = config_field(False, "replace an existing export version")
+    top_k: int = config_field(5, "classes in the top-k metric and the serving outputs")
+    tflite: bool = config_field(False, "also write a dynamic-range quantised TFLite model")
 
     def __post_init__(self):
         positive = (

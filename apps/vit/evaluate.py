@@ -13,7 +13,6 @@ import json
 import os
 
 import keras
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
@@ -23,8 +22,6 @@ from apps.vit.config import Config
 from apps.vit.export import read_preprocessing
 from apps.vit.model import resize_vit
 from tfattn import training
-
-matplotlib.use("Agg")
 
 
 def predict_logits(model, images, mean, std, batch_size=256, image_size=None):
@@ -149,4 +146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main)

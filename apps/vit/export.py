@@ -179,11 +179,13 @@ def main(argv=None):
     )
     parser.add_argument("--workdir", required=True, help="folder written by apps.vit.train")
     parser.add_argument("--model", help="a .keras file (default: <workdir>/model.keras)")
-    parser.add_argument("--export_dir", help="default: <workdir>/export")
+    parser.add_argument("--export_dir", help="folder of the exports (default: <workdir>/export)")
     parser.add_argument("--name", default="vit", help="model name TF Serving serves")
-    parser.add_argument("--version", type=int, help="default: one above the newest")
+    parser.add_argument(
+        "--version", type=int, help="SavedModel version (default: one above the newest)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--top_k", type=int, default=5, help="classes in the top-k outputs")
     parser.add_argument("--tflite", action="store_true", help="also write a quantised TFLite model")
     args = parser.parse_args(argv)
 
@@ -208,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main)

@@ -153,7 +153,9 @@ def attention_model_of(model):
             # The class-token-only last block (`num_queries=1`): call it again in full.
             weights = block(block.input, return_attention_scores=True)[1]
         scores.append(weights)
-    return keras.Model(model.inputs, scores, name=f"{model.name}_attention")
+    # `model.input`, not the list `model.inputs`: the attention model then takes an image
+    # batch as the classifier does (a list-input model warns on every plain-array call).
+    return keras.Model(model.input, scores, name=f"{model.name}_attention")
 
 
 def num_prefix_tokens(cfg):

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfattn.training.cli import run_cli
 from tfattn.training.export import SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,12 @@ def predict_files(export_path, paths, batch_size=64):
         `(rows, skipped)`: one dict per readable file (path, class_id, class_name,
         probability, top_k_names, top_k_probabilities) and the unreadable paths.
     """
-    fn = tf.saved_model.load(export_path).signatures[SIGNATURE]
+    fn = tf.saved_model.load(export_path).signatures.get(SIGNATURE)
+    if fn is None:
+        raise ValueError(
+            f"{export_path}: the SavedModel has no {SIGNATURE!r} signature; --export must be "
+            "a version folder written by apps.vit.train or apps.vit.export"
+        )
     readable, skipped = [], []
     for path in paths:
         with open(path, "rb") as f:
@@ -84,7 +90,7 @@ def main(argv=None):
     parser.add_argument("--export", required=True, help="SavedModel version folder, e.g. runs/vit/export/vit/1")
     parser.add_argument("--images", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", help="CSV file to write")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64, help="images per serving call")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.export, "saved_model.pb")):
         parser.error(f"--export: {args.export} is not a SavedModel folder (no saved_model.pb)")
@@ -111,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

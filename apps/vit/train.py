@@ -174,7 +174,11 @@ def run(cfg, build_model=build_vit):
             jit_compile=cfg.jit_compile,
             steps_per_execution=cfg.steps_per_execution,
         )
+    # Multi-worker: fit/evaluate as collectives, predict locally (the image hooks predict
+    # on the chief alone). A no-op for other strategies.
     training.enable_multi_worker_fit(model)
+    if attention_model is not None:
+        training.enable_multi_worker_fit(attention_model)
     print(f"{model.name}: {count_params(model):,} parameters, {len(data.x_train):,} training / "
           f"{len(data.x_val):,} validation / {len(data.x_test):,} test images, global batch "
           f"{global_batch} on {strategy.num_replicas_in_sync} replica(s)")
@@ -183,7 +187,7 @@ def run(cfg, build_model=build_vit):
         workdir, config=cfg, chief=chief, monitor="val_accuracy", mode="max",
         early_stopping_patience=cfg.early_stopping_patience, profile_batches=cfg.profile_batches,
     )
-    input_wait = vit_data.InputWaitCallback()
+    input_wait = training.InputWaitCallback()
     budget = training.TimeBudget(
         cfg.time_budget_minutes, schedule=schedule if fit_to_budget else None,
         steps_per_epoch=steps_per_epoch,
@@ -195,27 +199,32 @@ def run(cfg, build_model=build_vit):
 
     start = time.time()
     history = model.fit(
-        input_wait.wrap(train_ds),  # times each batch fetch
+        input_wait.wrap(train_ds),  # times each batch fetch; shuffled by the pipeline
         validation_data=val_ds,
         epochs=cfg.epochs,
         callbacks=callbacks,
         verbose=cfg.verbose,
+        shuffle=False,  # tf.data input: Keras would warn that it ignores shuffle=True
     )
     train_seconds = time.time() - start
 
-    # Keep the weights that did best on validation (only the chief holds that checkpoint).
+    # Keep the weights that did best on validation. Only the chief holds that checkpoint;
+    # under multi-worker it sends them to every other worker.
     best = os.path.join(workdir, "checkpoints", "best.keras")
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if chief and not multi_worker and os.path.exists(best):
-        model.load_weights(best)
-    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    training.load_weights_everywhere(model, best, strategy, missing_ok=True)
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)  # every worker, exact
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        print(f"Weights fingerprint {training.weights_fingerprint(model)} (the same on every "
+              f"worker; this is {'the chief' if chief else 'a worker'})", flush=True)
 
     summary = {
         "test_accuracy": float(test["accuracy"]),
         f"test_top{top_k}_accuracy": float(test[f"top{top_k}"]),
         "test_loss": float(test["loss"]),
         "best_val_accuracy": float(max(history.history.get("val_accuracy", [float("nan")]))),
-        "epochs_run": len(history.history.get("loss", [])),
+        # A run resumed from <workdir>/backup starts at a later epoch: count all of them.
+        "epochs_run": history.epoch[-1] + 1 if history.epoch else 0,
+        "resumed_from_epoch": history.epoch[0] if history.epoch else 0,  # 0: a fresh run
         "stopped_by_time_budget": budget.stopped_epoch is not None,
         "schedule_epochs": budget.planned_epochs or cfg.epochs,
         "train_seconds": round(train_seconds, 1),
@@ -240,14 +249,28 @@ def run(cfg, build_model=build_vit):
                 eval_inputs=x_eval, eval_labels=data.y_test[:500],
             )
         with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=float)
+            json.dump(_json_ready(summary), f, indent=2, default=float)
     return summary
 
 
+def _json_ready(value):
+    """NaN (a quantity with no samples, e.g. an unmeasured input wait) -> null: valid JSON."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def print_next_steps(cfg, summary):
-    print(f"\nTest accuracy {summary['test_accuracy']:.4f} after {summary['epochs_run']} epochs "
-          f"({summary['train_seconds']:.0f} s); input wait "
-          f"{100 * summary['input_wait']['fraction']:.1f}% of step time")
+    epochs, resumed = summary["epochs_run"], summary.get("resumed_from_epoch", 0)
+    took = f"{summary['train_seconds']:.0f} s"
+    if resumed:  # from <workdir>/backup; the seconds are this run's
+        took = f"resumed after epoch {resumed}: {epochs - resumed} epochs in {took}"
+    wait = summary["input_wait"]["fraction"]
+    wait = ("input wait not measured (too few steps)" if math.isnan(wait)
+            else f"input wait {100 * wait:.1f}% of step time")
+    print(f"\nTest accuracy {summary['test_accuracy']:.4f} after {epochs} epochs ({took}); {wait}")
     if "saved_model" in summary:
         model_dir = os.path.abspath(os.path.dirname(summary["saved_model"]))
         print(f"TensorBoard: .venv/bin/tensorboard --logdir {cfg.workdir}/tensorboard  "
@@ -266,4 +289,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main)

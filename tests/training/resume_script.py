@@ -66,7 +66,7 @@ def build_model(hidden_dim=16, num_heads=2, num_layers=2, seed=0):
 
 
 def compile_model(model, epochs, peak_learning_rate=3e-3):
-    from tfattn.training.schedules import warmup_cosine
+    from tfattn.schedules import warmup_cosine
 
     schedule = warmup_cosine(peak_learning_rate, epochs, STEPS_PER_EPOCH, warmup_epochs=1)
     model.compile(

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.training.resume_script import BATCH_SIZE, STEPS_PER_EPOCH, build_model, load_data
+from tfattn.schedules import WarmupCosine, warmup_cosine
 from tfattn.training.callbacks import (
     AttentionMapCallback,
     ImageHookCallback,
@@ -20,7 +21,6 @@ from tfattn.training.callbacks import (
     figure_to_image,
     standard_callbacks,
 )
-from tfattn.training.schedules import WarmupCosine, warmup_cosine
 
 
 @dataclasses.dataclass
@@ -283,7 +283,8 @@ def test_attention_map_callback_writes_images(tmp_path):
     images = _reader(log_dir)
     tags = set(images.Tags()["tensors"])
     assert {"attention/last_layer", "attention/rollout"} <= tags
-    for tag, size in (("attention/last_layer", (16, 16)), ("attention/rollout", (8, 8))):
+    # Stored enlarged to >= 224 px (x14 for the 16x16 token map, x28 for the 8x8 images).
+    for tag, size in (("attention/last_layer", (224, 224)), ("attention/rollout", (224, 224))):
         events = images.Tensors(tag)
         assert [e.step for e in events] == [0, 1]
         # Image summaries hold [width, height, png_1, ..., png_n].
@@ -310,6 +311,30 @@ def test_attention_map_callback_every_n_epochs_and_callable(tmp_path):
     # Epochs 2 and 4 (steps 1, 3), and the last epoch run (step 4) at train end.
     assert [e.step for e in events] == [1, 3, 4]
     assert len(calls) == 1 + 3  # the train-begin check plus three logged epochs
+
+
+def test_attention_map_callback_stores_readable_image_sizes(tmp_path):
+    def fake_scores(x):
+        w = np.random.default_rng(0).random((len(x), 2, 50, 50))
+        return [w / w.sum(-1, keepdims=True)]  # class token + 7x7 patches
+
+    images = np.random.default_rng(1).random((2, 28, 28, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    sizes = {}
+    for min_size in (224, 100):
+        cb = AttentionMapCallback(images, fake_scores, tmp_path / str(min_size), grid_size=(7, 7),
+                                  num_prefix_tokens=1, min_image_size=min_size)
+        model.fit(np.ones((4, 1)), np.ones((4, 1)), epochs=1, verbose=0, callbacks=[cb])
+        reader = _reader(tmp_path / str(min_size))
+        for tag in ("attention/last_layer", "attention/rollout"):
+            blobs = tf.make_ndarray(reader.Tensors(tag)[-1].tensor_proto)
+            sizes[min_size, tag] = tf.io.decode_png(blobs[2]).shape
+    assert sizes[224, "attention/rollout"] == (224, 224, 3)  # the 28x28 overlay, x8
+    assert sizes[224, "attention/last_layer"] == (250, 250, 3)  # the 50x50 token map, x5
+    assert sizes[100, "attention/rollout"] == (112, 112, 3)
+    with pytest.raises(ValueError, match="min_image_size"):
+        AttentionMapCallback(images, fake_scores, tmp_path, min_image_size=0)
 
 
 @pytest.mark.parametrize("epochs,steps", [(3, [2]), (4, [2, 3]), (2, [1])])

@@ -9,8 +9,10 @@ from tfattn.training.config import (
     build_parser,
     check_resume,
     check_value,
+    config_field,
     config_from_dict,
     config_to_dict,
+    fields_without_help,
     load_config,
     parse_config,
     parse_value,
@@ -124,6 +126,27 @@ def test_help_lists_fields_types_and_defaults(capsys):
         "--config",
     ]:
         assert text in out, text
+
+
+def test_help_text_of_each_field_is_shown_with_type_and_default(capsys):
+    @dataclasses.dataclass
+    class Helped:
+        image_size: int = config_field(28, "side of the input images, px")
+        names: list[str] = config_field(help="class names", default_factory=lambda: ["a"])
+        share: float = config_field(0.5, "100% is all")  # argparse formats with %
+        bare: bool = False
+
+    assert fields_without_help(Helped) == ["bare"]
+    assert dataclasses.fields(Helped)[0].metadata["help"] == "side of the input images, px"
+    assert Helped().names == ["a"] and Helped().names is not Helped().names
+    with pytest.raises(SystemExit):
+        parse_config(Helped, ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--image_size IMAGE_SIZE side of the input images, px (int, default: 28)" in out
+    assert "--names NAMES class names (comma-separated strs, default: a)" in out
+    assert "100% is all (float, default: 0.5)" in out
+    assert "--bare BARE bool (default: False)" in out
+    assert fields_without_help(Config) == list(dataclasses.asdict(Config()))
 
 
 def test_unknown_preset_lists_presets(capsys):

@@ -3,6 +3,7 @@
 Plain functions the apps call around `keras.Model.fit`.
 """
 
+from tfattn.schedules import WarmupCosine, warmup_cosine
 from tfattn.training.callbacks import (
     AttentionMapCallback,
     ConfigTextLogger,
@@ -13,11 +14,14 @@ from tfattn.training.callbacks import (
     figure_to_image,
     standard_callbacks,
 )
+from tfattn.training.cli import USER_ERRORS, run_cli
 from tfattn.training.config import (
     build_parser,
     check_resume,
+    config_field,
     config_from_dict,
     config_to_dict,
+    fields_without_help,
     load_config,
     parse_config,
     write_config,
@@ -29,19 +33,24 @@ from tfattn.training.export import (
     rest_request_body,
     verify_export,
 )
-from tfattn.training.schedules import WarmupCosine, warmup_cosine
+from tfattn.training.input_wait import InputWaitCallback, benchmark_pipeline
 from tfattn.training.strategy import (
     PRECISIONS,
     STRATEGIES,
     TPUNotFoundError,
+    broadcast_from_chief,
     dataset_options,
     enable_multi_worker_fit,
     global_batch_size,
     is_chief,
+    load_weights_everywhere,
+    mean_over_workers,
     parse_tf_config,
+    predict_locally,
     resolve_jit_compile,
     resolve_strategy,
     set_precision,
+    weights_fingerprint,
     worker_dir,
 )
 
@@ -51,12 +60,17 @@ __all__ = [
     "AttentionMapCallback",
     "ConfigTextLogger",
     "ImageHookCallback",
+    "InputWaitCallback",
     "LearningRateLogger",
     "TPUNotFoundError",
     "TimeBudget",
+    "USER_ERRORS",
     "WarmupCosine",
+    "benchmark_pipeline",
+    "broadcast_from_chief",
     "build_parser",
     "call_like_rest",
+    "config_field",
     "config_from_dict",
     "config_to_dict",
     "current_learning_rate",
@@ -67,17 +81,23 @@ __all__ = [
     "figure_to_image",
     "global_batch_size",
     "is_chief",
+    "load_weights_everywhere",
+    "mean_over_workers",
     "check_resume",
+    "fields_without_help",
     "load_config",
     "parse_config",
     "parse_tf_config",
+    "predict_locally",
     "rest_request_body",
     "resolve_jit_compile",
+    "run_cli",
     "resolve_strategy",
     "set_precision",
     "standard_callbacks",
     "verify_export",
     "warmup_cosine",
+    "weights_fingerprint",
     "worker_dir",
     "write_config",
 ]

@@ -28,10 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfattn.training.strategy import mean_over_workers
 from tfattn.visualize import (
     attention_heatmap_images,
     attention_rollout,
     cls_attention_map,
+    upscale_images,
 )
 
 BEST_MODEL = os.path.join("checkpoints", "best.keras")
@@ -147,9 +149,14 @@ class TimeBudget(keras.callbacks.Callback):
         if not self.minutes:
             return
         now = self.clock()
-        self._durations.append(now - self._last)
+        # Every worker of a multi-worker run must stop on the same epoch and plan the same
+        # schedule: they use the mean of their clocks (a no-op in a single process).
+        duration, elapsed = mean_over_workers(
+            [now - self._last, now - self._start], getattr(self.model, "distribute_strategy", None)
+        )
+        self._durations.append(float(duration))
         self._last = now
-        remaining = 60.0 * self.minutes - (now - self._start)
+        remaining = 60.0 * self.minutes - float(elapsed)
         if remaining <= 0:
             self._stop(epoch)
             return
@@ -486,6 +493,9 @@ class AttentionMapCallback(_EpochImageWriter):
         num_prefix_tokens: tokens before the patches (1 for a class token).
         name: tag prefix.
         max_outputs: most samples written per tag.
+        min_image_size: images are written enlarged (`tfattn.visualize.upscale_images`)
+            to at least this many pixels on their longer side: TensorBoard shows them at
+            their stored size, where a 28x28 rollout is a speck.
 
     Example:
     >>> scores_model = keras.Model(model.input, [s1, s2])  # from return_attention_scores=True
@@ -503,6 +513,7 @@ class AttentionMapCallback(_EpochImageWriter):
         num_prefix_tokens=0,
         name="attention",
         max_outputs=8,
+        min_image_size=224,
     ):
         super().__init__(log_dir, every_n_epochs)
         if not callable(attention_model_or_fn):
@@ -523,8 +534,11 @@ class AttentionMapCallback(_EpochImageWriter):
         self.grid_size = grid_size
         self.images = images
         self.num_prefix_tokens = num_prefix_tokens
+        if type(min_image_size) is not int or min_image_size < 1:
+            raise ValueError(f"`min_image_size` must be a positive int; got {min_image_size!r}.")
         self.name = name
         self.max_outputs = max_outputs
+        self.min_image_size = min_image_size
 
     def attention_scores(self):
         """Runs the attention model on the sample batch: a list of float arrays per layer."""
@@ -570,6 +584,7 @@ class AttentionMapCallback(_EpochImageWriter):
 
     def _write(self, epoch):
         for tag, images in self.images_for(self.attention_scores()).items():
+            images = upscale_images(images[: self.max_outputs], self.min_image_size)
             tf.summary.image(tag, images, step=epoch, max_outputs=self.max_outputs)
 
 

@@ -435,7 +435,7 @@ def broadcast_from_chief(variables, strategy=None):
     by_dtype = {}
     for v in variables:
         by_dtype.setdefault(tf.as_dtype(v.dtype), []).append(v)
-    for dtype, group in by_dtype.items():
+    for group in by_dtype.values():
         flat = tf.concat([tf.reshape(tf.convert_to_tensor(v.value), [-1]) for v in group], 0)
         calls = []
 

@@ -1,12 +1,10 @@
-"""Random resized crop, RandAugment in the pipeline, and input-pipeline measurement."""
+"""Random resized crop and RandAugment in the pipeline (also under the JAX backend)."""
 
 import json
-import math
 import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import keras
 import numpy as np
@@ -137,6 +135,7 @@ def test_randaugment_pipeline_and_input_wait_under_jax_backend():
         """
         import json, numpy as np, keras
         from apps.vit import data as vd
+        from tfattn.training import InputWaitCallback
         x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
         y = np.arange(64) % 3
         augment = vd.Augment(pad=1, randaugment_layers=2, random_resized_crop=True)
@@ -145,7 +144,7 @@ def test_randaugment_pipeline_and_input_wait_under_jax_backend():
         model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                   keras.layers.Dense(3)])
         model.compile("sgd", "categorical_crossentropy")
-        wait = vd.InputWaitCallback(warmup=1)
+        wait = InputWaitCallback(warmup=1)
         model.fit(wait.wrap(ds), epochs=1, callbacks=[wait], verbose=0)
         print(json.dumps({"backend": keras.backend.backend(), "min": float(images.numpy().min()),
                           "max": float(images.numpy().max()), **wait.summary()}))
@@ -195,72 +194,3 @@ def test_augment_rejects_bad_values_naming_the_field(kwargs, field):
 def test_augment_accepts_lists_from_json_configs():
     augment = vd.Augment(crop_scale=[0.08, 1], crop_ratio=[0.75, 1.25])
     assert augment.crop_scale == (0.08, 1.0) and augment.crop_ratio == (0.75, 1.25)
-
-
-# --------------------------------------------------------------------------- measurement
-
-
-def _fit_with_input_wait(sleep_s):
-    """Tiny model fit; the dataset sleeps `sleep_s` per batch on the consumer's side."""
-    x = np.random.default_rng(0).random((24 * 16, 4, 4, 1), np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(len(x)) % 3)).batch(16)
-    if sleep_s:
-
-        def slow(images, labels):
-            done = tf.py_function(lambda: time.sleep(sleep_s) or 0, [], tf.int32)
-            with tf.control_dependencies([done]):
-                return tf.identity(images), labels
-
-        ds = ds.map(slow)
-    model = keras.Sequential(
-        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]
-    )
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    wait = vd.InputWaitCallback(warmup=3)
-    history = model.fit(wait.wrap(ds), epochs=2, callbacks=[wait], verbose=0)
-    return wait, history
-
-
-def test_input_wait_callback_sees_a_slow_pipeline():
-    slow, slow_history = _fit_with_input_wait(0.03)
-    fast, _ = _fit_with_input_wait(0.0)
-    slow_summary, fast_summary = slow.summary(), fast.summary()
-    assert slow_summary["steps"] == fast_summary["steps"] == 2 * 24 - 3
-    assert slow_summary["mean_wait_ms"] >= 15
-    assert fast_summary["mean_wait_ms"] < slow_summary["mean_wait_ms"]
-    assert fast.input_wait_fraction < slow.input_wait_fraction <= 1.0
-    assert slow_summary["fraction"] == slow.input_wait_fraction
-    assert slow_summary["mean_step_ms"] >= slow_summary["mean_wait_ms"]
-    assert slow_summary["images_per_s"] > 0
-    fractions = slow_history.history["input_wait_fraction"]
-    assert len(fractions) == 2 and all(0.2 < f <= 1.0 for f in fractions)
-    json.dumps(slow_summary)  # goes into the app's summary.json
-
-
-def test_input_wait_callback_without_wrap_reports_nan(caplog):
-    x = np.zeros((32, 4), np.float32)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
-    wait = vd.InputWaitCallback(warmup=0)
-    ds = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(8)
-    with caplog.at_level("WARNING", logger="apps.vit.data"):
-        history = model.fit(ds, epochs=1, callbacks=[wait], verbose=0)
-    summary = wait.summary()
-    assert summary["steps"] == 4 and summary["mean_step_ms"] > 0
-    assert math.isnan(summary["fraction"]) and math.isnan(summary["mean_wait_ms"])
-    assert math.isnan(history.history["input_wait_fraction"][0])
-    assert "wrap(train_ds)" in caplog.text
-
-
-def test_benchmark_pipeline_returns_throughput():
-    x = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
-    ds = vd.make_pipeline(x, np.arange(20) % 2, 8, True, augment=vd.Augment(pad=1))
-    result = vd.benchmark_pipeline(ds, steps=7, warmup=2)  # 3 batches an epoch: repeats
-    assert result["steps"] == 7 and result["seconds"] > 0
-    assert result["batches_per_s"] > 0
-    # Epochs are batches of 8, 8, 4: after the warm-up 8, 8 come 4, 8, 8, 4, 8, 8, 4.
-    np.testing.assert_allclose(result["images_per_s"] / result["batches_per_s"], 44 / 7)
-    with pytest.raises(ValueError, match="no batches"):
-        vd.benchmark_pipeline(ds.take(0), steps=1)
-    with pytest.raises(ValueError, match="steps >= 1"):
-        vd.benchmark_pipeline(ds, steps=0)

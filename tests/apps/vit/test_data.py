@@ -208,11 +208,23 @@ def test_folder_loader_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no class sub-folder holds a readable image"):
         vd.load_image_folder(str(tmp_path))
     _save(tmp_path / "a" / "small.png", _image(0, 1, (4, 4)))
-    _save(tmp_path / "a" / "large.png", _image(0, 1, (6, 6)))
+    _save(tmp_path / "b" / "large.png", _image(0, 1, (6, 6)))
     with pytest.raises(ValueError, match=r"differ in size.*image_size"):
         vd.load_image_folder(str(tmp_path))
     with pytest.raises(ValueError, match=r"does not exist"):
         vd.load_image_folder(str(tmp_path / "missing"))
+
+
+def test_folder_with_a_single_class_is_refused(tmp_path):
+    for i in range(4):
+        _save(tmp_path / "flat" / "cat" / f"{i}.png", _image(i, 1))
+        _save(tmp_path / "split" / "train" / "cat" / f"{i}.png", _image(i, 1))
+        _save(tmp_path / "split" / "test" / "cat" / f"{i}.png", _image(i, 1))
+    (tmp_path / "flat" / "dog").mkdir()  # an empty class folder does not count
+    with pytest.raises(ValueError, match=r"flat: only one class folder holds images \('cat'\)"):
+        vd.load_dataset(f"folder:{tmp_path / 'flat'}")
+    with pytest.raises(ValueError, match=r"only one class folder.*under train/ and test/"):
+        vd.load_image_folder(str(tmp_path / "split"))
 
 
 def test_folder_train_test_subfolders_and_validation_split(tmp_path):

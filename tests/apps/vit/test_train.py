@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -69,7 +70,7 @@ def _scalars_of(directory, tag):
 def test_training_outputs(trained):
     cfg, summary = trained
     workdir = cfg.workdir
-    assert summary["epochs_run"] == 3
+    assert summary["epochs_run"] == 3 and summary["resumed_from_epoch"] == 0
     assert summary["test_accuracy"] > 0.45, summary  # 10 classes: chance is 0.1
     assert 0.0 <= summary["input_wait"]["fraction"] <= 1.0
     for name in ("config.json", "preprocessing.json", "model.keras", "summary.json",
@@ -276,6 +277,34 @@ def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
         Config(attention_images=-1)
     with pytest.raises(ValueError, match="image_every_epochs"):
         Config(image_every_epochs=0)
+
+
+class _Killed(Exception):
+    """Stands in for a kill after an epoch's backup was written."""
+
+
+def test_a_resumed_run_counts_every_epoch_and_says_it_resumed(tmp_path, monkeypatch, capsys):
+    _require_data()
+    cfg = Config(**dict(PRESETS["test"], epochs=4, max_train_examples=128, attention_images=0),
+                 workdir=str(tmp_path / "run"))
+    app_callbacks = vit_train.image_callbacks
+
+    class KillAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise _Killed
+
+    # The image callbacks come after BackupAndRestore, so epoch 2's backup exists.
+    monkeypatch.setattr(vit_train, "image_callbacks",
+                        lambda *args: app_callbacks(*args) + [KillAfterSecondEpoch()])
+    with pytest.raises(_Killed):
+        vit_train.run(cfg)
+    assert (tmp_path / "run" / "backup").is_dir()
+    monkeypatch.setattr(vit_train, "image_callbacks", app_callbacks)
+    summary = vit_train.run(cfg)  # the same command again resumes
+    assert summary["epochs_run"] == 4 and summary["resumed_from_epoch"] == 2
+    vit_train.print_next_steps(cfg, summary)
+    assert "after 4 epochs (resumed after epoch 2: 2 epochs in " in capsys.readouterr().out
 
 
 def test_refuses_to_resume_a_backup_of_another_architecture(tmp_path):
