@@ -35,6 +35,7 @@ so it ignores that file.
 """
 
 import base64
+import inspect
 import json
 import os
 import re
@@ -171,6 +172,26 @@ def _default_output_names(model):
     return names
 
 
+def _takes_inputs(postprocess):
+    """Whether `postprocess` takes the serving inputs too: `fn(outputs, inputs)`."""
+    try:
+        parameters = inspect.signature(postprocess).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: outputs only
+        return False
+    required = [
+        p for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(required) >= 2
+
+
+def _apply_postprocess(postprocess, outputs, inputs):
+    """`postprocess(outputs)`, or `postprocess(outputs, inputs)` when it takes the inputs."""
+    if _takes_inputs(postprocess):
+        return postprocess(outputs, inputs)
+    return postprocess(outputs)
+
+
 def _serving_fn(model, signature, preprocess, postprocess, output_names):
     """The Python function behind `serving_default`; also used eagerly as the reference."""
     num_model_inputs = len(getattr(model, "inputs", None) or [None])
@@ -183,7 +204,7 @@ def _serving_fn(model, signature, preprocess, postprocess, output_names):
         )
         outputs = model(model_inputs, training=False)
         if postprocess:
-            outputs = postprocess(outputs)
+            outputs = _apply_postprocess(postprocess, outputs, inputs)
         return _name_outputs(outputs, output_names)
 
     return serve
@@ -229,7 +250,10 @@ def export_for_serving(
         preprocess: `fn({name: tensor}) -> model inputs`, traced into the graph (e.g. decode
             PNG bytes, resize, normalise). Default: pass the inputs through.
         postprocess: `fn(model outputs) -> {name: tensor}` (or a tensor/list named by
-            `output_names`), traced into the graph (e.g. top-k ids and class names).
+            `output_names`), traced into the graph (e.g. top-k ids and class names). A
+            function of two arguments is called as `fn(model outputs, {name: raw input})`,
+            for outputs that need the raw inputs (e.g. forecast returns compounded from a
+            window's last price).
         input_names: names of the model's inputs when `input_signature` is not given.
         output_names: names of the outputs when they are not a dict. Default:
             `model.output_names` (`outputs` / `output_<i>` if auto-generated).
@@ -430,7 +454,9 @@ def verify_export(
         model_inputs = _to_numpy(model_inputs)
     predicted = model.predict(model_inputs, verbose=0)
     if postprocess:
-        predicted = postprocess(tf.nest.map_structure(tf.convert_to_tensor, predicted))
+        predicted = _apply_postprocess(
+            postprocess, tf.nest.map_structure(tf.convert_to_tensor, predicted), tensors
+        )
     reference = {k: _to_numpy(v) for k, v in _name_outputs(predicted, output_names).items()}
     if sorted(reference) != sorted(fn.structured_outputs):
         raise AssertionError(
