@@ -15,14 +15,12 @@ tensorboard/ (scalars, config, attention rollout on test images, validation conf
 matrix and misclassified examples), checkpoints/, evaluation/ and export/<name>/<version>/.
 """
 
-import json
 import math
 import os
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from apps.vit import data as vit_data
 from apps.vit.config import PRESETS, Config
@@ -213,18 +211,14 @@ def run(cfg, build_model=build_vit):
     best = os.path.join(workdir, "checkpoints", "best.keras")
     training.load_weights_everywhere(model, best, strategy, missing_ok=True)
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # every worker, exact
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        print(f"Weights fingerprint {training.weights_fingerprint(model)} (the same on every "
-              f"worker; this is {'the chief' if chief else 'a worker'})", flush=True)
+    training.print_weights_fingerprint(model, strategy)  # multi-worker: equal everywhere
 
     summary = {
         "test_accuracy": float(test["accuracy"]),
         f"test_top{top_k}_accuracy": float(test[f"top{top_k}"]),
         "test_loss": float(test["loss"]),
         "best_val_accuracy": float(max(history.history.get("val_accuracy", [float("nan")]))),
-        # A run resumed from <workdir>/backup starts at a later epoch: count all of them.
-        "epochs_run": history.epoch[-1] + 1 if history.epoch else 0,
-        "resumed_from_epoch": history.epoch[0] if history.epoch else 0,  # 0: a fresh run
+        **training.fit_epochs(history),  # epochs_run (resumed ones too), resumed_from_epoch
         "stopped_by_time_budget": budget.stopped_epoch is not None,
         "schedule_epochs": budget.planned_epochs or cfg.epochs,
         "train_seconds": round(train_seconds, 1),
@@ -248,18 +242,8 @@ def run(cfg, build_model=build_vit):
                 model, os.path.join(export_dir, f"{cfg.export_name}.tflite"),
                 eval_inputs=x_eval, eval_labels=data.y_test[:500],
             )
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(_json_ready(summary), f, indent=2, default=float)
+        training.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
-
-
-def _json_ready(value):
-    """NaN (a quantity with no samples, e.g. an unmeasured input wait) -> null: valid JSON."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def print_next_steps(cfg, summary):

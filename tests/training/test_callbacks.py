@@ -515,3 +515,16 @@ def test_time_budget_rejects_a_fixed_schedule():
         TimeBudget(30, schedule=warmup_cosine(1e-3, 4, 10))
     with pytest.raises(ValueError, match="`steps_per_epoch` must be a positive int"):
         TimeBudget(30, schedule=warmup_cosine(1e-3, 4, 10, resizable=True))
+
+
+def test_fit_epochs_counts_resumed_epochs():
+    from tfattn.training import fit_epochs
+
+    class History:
+        epoch = [2, 3]
+
+    assert fit_epochs(History()) == {"epochs_run": 4, "resumed_from_epoch": 2}
+    History.epoch = [0, 1, 2]
+    assert fit_epochs(History()) == {"epochs_run": 3, "resumed_from_epoch": 0}
+    History.epoch = []
+    assert fit_epochs(History()) == {"epochs_run": 0, "resumed_from_epoch": 0}

@@ -279,3 +279,22 @@ def test_unsupported_field_type_and_reserved_name():
         build_parser(Reserved)
     with pytest.raises(TypeError, match="must be a dataclass type"):
         parse_config(dict, [])
+
+
+def test_write_json_is_valid_json_for_nan_and_numpy(tmp_path):
+    import math
+
+    import numpy as np
+
+    from tfattn.training import write_json
+
+    path = write_json(tmp_path / "summary.json", {
+        "fraction": math.nan, "inf": math.inf, "f32": np.float32(0.5), "array": np.arange(2),
+        "nested": {"wait": [np.nan, 1.0]}, "ok": "text",
+    })
+    with open(path) as f:
+        text = f.read()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"fraction": None, "inf": None, "f32": 0.5, "array": [0, 1],
+                                "nested": {"wait": [None, 1.0]}, "ok": "text"}
+    assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left behind

@@ -12,6 +12,7 @@ from tfattn.training.callbacks import (
     TimeBudget,
     current_learning_rate,
     figure_to_image,
+    fit_epochs,
     standard_callbacks,
 )
 from tfattn.training.cli import USER_ERRORS, run_cli
@@ -25,6 +26,7 @@ from tfattn.training.config import (
     load_config,
     parse_config,
     write_config,
+    write_json,
 )
 from tfattn.training.export import (
     call_like_rest,
@@ -47,6 +49,7 @@ from tfattn.training.strategy import (
     mean_over_workers,
     parse_tf_config,
     predict_locally,
+    print_weights_fingerprint,
     resolve_jit_compile,
     resolve_strategy,
     set_precision,
@@ -79,6 +82,7 @@ __all__ = [
     "export_for_serving",
     "export_tflite",
     "figure_to_image",
+    "fit_epochs",
     "global_batch_size",
     "is_chief",
     "load_weights_everywhere",
@@ -89,6 +93,7 @@ __all__ = [
     "parse_config",
     "parse_tf_config",
     "predict_locally",
+    "print_weights_fingerprint",
     "rest_request_body",
     "resolve_jit_compile",
     "run_cli",
@@ -100,4 +105,5 @@ __all__ = [
     "weights_fingerprint",
     "worker_dir",
     "write_config",
+    "write_json",
 ]

@@ -64,6 +64,20 @@ def _config_dict(config):
     )
 
 
+def fit_epochs(history):
+    """`{"epochs_run", "resumed_from_epoch"}` of a `fit`'s History, resumed epochs included.
+
+    A run resumed from its backup starts at a later epoch: `history.epoch` holds only the
+    epochs this `fit` ran, so `epochs_run` counts from epoch 0 and `resumed_from_epoch` says
+    where it took over (0 for a fresh run).
+    """
+    epochs = list(getattr(history, "epoch", None) or [])
+    return {
+        "epochs_run": epochs[-1] + 1 if epochs else 0,
+        "resumed_from_epoch": epochs[0] if epochs else 0,
+    }
+
+
 def current_learning_rate(optimizer):
     """The optimizer's learning rate at its current step (schedules evaluated), as a float."""
     # LossScaleOptimizer (mixed_float16) wraps the optimizer that owns the schedule.

@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import tempfile
 import types
@@ -409,4 +410,35 @@ def write_config(cfg, workdir):
                 os.remove(tmp)
     except OSError as err:
         raise ValueError(f"workdir {workdir!r} is not writable: {err}") from err
+    return path
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy values
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a quantity with no samples (NaN) is null, not invalid JSON
+    return value
+
+
+def write_json(path, value):
+    """Writes `value` as indented JSON, atomically (write, then rename).
+
+    NumPy arrays and scalars become lists and numbers; NaN and infinities (e.g. an input
+    wait that was never measured) become `null`, so the file is valid JSON for any reader.
+    """
+    path = os.fspath(path)
+    data = json.dumps(_json_ready(value), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path

@@ -497,6 +497,19 @@ def mean_over_workers(values, strategy=None):
     return np.asarray(total, np.float64)
 
 
+def print_weights_fingerprint(model, strategy=None):
+    """Under `MultiWorkerMirroredStrategy`, prints `weights_fingerprint` on every worker.
+
+    The apps call it after restoring the best checkpoint: the lines of all workers must
+    agree (tests compare them). Prints nothing in a single process.
+    """
+    strategy = strategy or model.distribute_strategy
+    if _is_multi_worker(strategy):
+        role = "the chief" if is_chief(strategy) else "a worker"
+        print(f"Weights fingerprint {weights_fingerprint(model)} (the same on every worker; "
+              f"this is {role})", flush=True)
+
+
 def weights_fingerprint(model):
     """Short SHA-256 of every weight's bytes: equal on all workers when replicas agree."""
     digest = hashlib.sha256()
