@@ -1,0 +1,241 @@
+"""Forecast accuracy over a rolling-origin backtest (NumPy in, arrays and dicts out).
+
+Arrays are laid out as the backtest produces them: axis 0 = forecast origin, axis 1 =
+horizon step, any further axes (targets, stations) are kept. Per-horizon metrics reduce
+axis 0 only and return `(horizon, ...)`; `summary` adds the overall numbers.
+
+    MAE   mean |y - f|                     RMSE  sqrt(mean (y - f)^2)
+    sMAPE 200 * mean |y - f| / (|y| + |f|) (percent, 0..200; 0/0 counts as 0)
+    MASE  MAE / scale, scale = in-sample MAE of the (seasonal) naive forecast on the
+          training part, per series (Hyndman & Koehler 2006); < 1 beats that naive
+          forecast's in-sample error
+    relative MAE  MAE / MAE of a baseline forecast on the same test points (e.g. the random
+          walk "price stays at today's close"; the stock benchmark's "MASE vs random walk")
+    directional accuracy  share of steps where sign(f - ref) == sign(y - ref), with the
+          one-sided binomial p-value against a coin (50%)
+    coverage  share of outcomes inside [P10, P90] (nominal 80%)
+    pinball   quantile loss, mean over the quantiles (as `model.PinballLoss`)
+
+References: Hyndman & Koehler 2006, "Another look at measures of forecast accuracy"
+(MASE, sMAPE's problems); Makridakis 1993 (sMAPE); Pesaran & Timmermann 1992 (direction
+tests; the binomial test here assumes independent steps, so overlapping horizons or
+autocorrelated errors make its p-value optimistic); Koenker & Bassett 1978 (pinball loss).
+"""
+
+import numpy as np
+
+
+def _pair(y_true, y_pred):
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true {y_true.shape} and y_pred {y_pred.shape} must have the same shape "
+            "(origins, horizon, ...); take the point forecast of a quantile output first."
+        )
+    if y_true.ndim < 2:
+        raise ValueError(f"Expected arrays (origins, horizon, ...); got shape {y_true.shape}.")
+    return y_true, y_pred
+
+
+def mae(y_true, y_pred):
+    """Mean absolute error per horizon step: `(horizon, ...)`."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    return np.mean(np.abs(y_true - y_pred), axis=0)
+
+
+def rmse(y_true, y_pred):
+    """Root mean squared error per horizon step: `(horizon, ...)`."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    return np.sqrt(np.mean((y_true - y_pred) ** 2, axis=0))
+
+
+def smape(y_true, y_pred):
+    """Symmetric MAPE in percent (0..200) per horizon step; a 0/0 term counts as 0."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    denom = np.abs(y_true) + np.abs(y_pred)
+    terms = np.divide(
+        2.0 * np.abs(y_true - y_pred), denom, out=np.zeros_like(denom), where=denom > 0
+    )
+    return 100.0 * np.mean(terms, axis=0)
+
+
+def mase_scale(train_values, season=1):
+    """In-sample MAE of the (seasonal) naive forecast: the MASE denominator.
+
+    Args:
+        train_values: training part of the series, `(time,)` or `(time, series...)`, in
+            the units the forecasts are scored in. NaNs (gaps) are skipped.
+        season: 1 for the naive (random-walk) forecast, m for the seasonal naive one.
+
+    Returns:
+        `mean |y_t - y_{t-season}|` over the training part: a float, or one per series.
+    """
+    y = np.asarray(train_values, dtype=np.float64)
+    if not isinstance(season, (int, np.integer)) or season < 1:
+        raise ValueError(f"`season` must be a positive int; got {season!r}.")
+    if y.shape[0] <= season:
+        raise ValueError(
+            f"The training part has {y.shape[0]} steps; MASE with season {season} needs more than {season}."
+        )
+    scale = np.nanmean(np.abs(y[season:] - y[:-season]), axis=0)
+    if np.any(~np.isfinite(scale)) or np.any(scale == 0):
+        raise ValueError(
+            f"The naive forecast's in-sample MAE is {scale} (a constant or all-NaN training "
+            "series): MASE is undefined for it."
+        )
+    return scale
+
+
+def mase(y_true, y_pred, scale):
+    """Mean absolute scaled error per horizon step: `mae / scale` (`scale` from `mase_scale`)."""
+    return mae(y_true, y_pred) / np.asarray(scale, dtype=np.float64)
+
+
+def relative_mae(y_true, y_pred, y_baseline):
+    """MAE of `y_pred` over the MAE of `y_baseline` on the same points, per horizon step."""
+    return mae(y_true, y_pred) / mae(y_true, y_baseline)
+
+
+def binomial_p_value(hits, trials, p=0.5):
+    """One-sided p-value of `hits` successes in `trials` against chance `p` (scipy binomtest)."""
+    try:
+        from scipy.stats import binomtest
+    except ImportError as err:  # scipy comes with scikit-learn; the extra lists it too
+        raise ImportError(
+            "Directional accuracy's p-value needs scipy: pip install 'tfattn[forecast]'."
+        ) from err
+    if trials == 0:
+        return float("nan")
+    return float(binomtest(int(hits), int(trials), p, alternative="greater").pvalue)
+
+
+def directional_accuracy(y_true, y_pred, reference=0.0):
+    """Share of correct up/down calls relative to `reference`, with a binomial p-value.
+
+    A call is correct when `sign(y_pred - reference) == sign(y_true - reference)`. Steps
+    where the outcome does not move (`y_true == reference`) have no direction and are left
+    out; a forecast of no move (`y_pred == reference`, e.g. the random walk) counts as wrong.
+
+    Args:
+        y_true, y_pred: `(origins, horizon, ...)`.
+        reference: what "up" and "down" are relative to: 0 for returns, or the last observed
+            value `(origins, 1, ...)` for prices.
+
+    Returns:
+        dict: `accuracy` (overall), `hits`, `trials`, `p_value` (one-sided, H1: accuracy >
+        50%), `accuracy_per_horizon` `(horizon, ...)`.
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.sign(y_true - reference)
+    called = np.sign(y_pred - reference)
+    moved = actual != 0
+    hit = (actual == called) & moved
+    trials = int(moved.sum())
+    hits = int(hit.sum())
+    per_horizon_trials = moved.sum(axis=0)
+    per_horizon = np.divide(
+        hit.sum(axis=0),
+        per_horizon_trials,
+        out=np.full(per_horizon_trials.shape, np.nan),
+        where=per_horizon_trials > 0,
+    )
+    return {
+        "accuracy": hits / trials if trials else float("nan"),
+        "hits": hits,
+        "trials": trials,
+        "p_value": binomial_p_value(hits, trials),
+        "accuracy_per_horizon": per_horizon,
+    }
+
+
+def coverage(y_true, lower, upper):
+    """Share of outcomes with `lower <= y_true <= upper`, per horizon step."""
+    y_true, lower = _pair(y_true, lower)
+    _, upper = _pair(y_true, upper)
+    if np.any(lower > upper):
+        raise ValueError("`lower` exceeds `upper` somewhere: pass the lower quantile first.")
+    return np.mean((y_true >= lower) & (y_true <= upper), axis=0)
+
+
+def pinball(y_true, y_quantiles, quantiles):
+    """Pinball loss per horizon step, averaged over the quantiles.
+
+    Args:
+        y_true: `(origins, horizon, ...)`.
+        y_quantiles: `(origins, horizon, ..., num_quantiles)`.
+        quantiles: the levels of the last axis.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_quantiles = np.asarray(y_quantiles, dtype=np.float64)
+    q = np.asarray(quantiles, dtype=np.float64)
+    if y_quantiles.shape != y_true.shape + q.shape:
+        raise ValueError(
+            f"y_quantiles {y_quantiles.shape} must be y_true's shape {y_true.shape} plus "
+            f"({len(q)},) quantiles."
+        )
+    error = y_true[..., None] - y_quantiles
+    return np.mean(np.maximum(q * error, (q - 1.0) * error), axis=(0, -1))
+
+
+def summary(
+    y_true,
+    y_pred,
+    *,
+    naive_scale=None,
+    y_baseline=None,
+    direction_reference=None,
+    y_quantiles=None,
+    quantiles=None,
+    interval=(0.1, 0.9),
+):
+    """Every metric that applies, overall and per horizon step.
+
+    Args:
+        y_true, y_pred: `(origins, horizon, ...)` outcomes and point forecasts.
+        naive_scale: the MASE denominator from `mase_scale()`; adds `mase`.
+        y_baseline: a baseline's forecasts at the same points; adds `relative_mae`.
+        direction_reference: adds the directional accuracy relative to it (0 for returns,
+            the last observed value for levels).
+        y_quantiles, quantiles: quantile forecasts `(..., num_quantiles)` and their levels;
+            add `pinball` and, when both `interval` levels are present, `coverage`.
+        interval: the quantile levels whose band `coverage` measures.
+
+    Returns:
+        dict of floats (overall) and `<name>_per_horizon` arrays `(horizon, ...)`.
+    """
+    y_true, y_pred = _pair(y_true, y_pred)
+    out = {}
+
+    def add(name, per_horizon, overall):
+        out[name] = float(overall)
+        out[f"{name}_per_horizon"] = per_horizon
+
+    add("mae", mae(y_true, y_pred), np.mean(np.abs(y_true - y_pred)))
+    add("rmse", rmse(y_true, y_pred), np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    per_smape = smape(y_true, y_pred)
+    add("smape", per_smape, np.mean(per_smape))
+    if naive_scale is not None:
+        per = mase(y_true, y_pred, naive_scale)
+        add("mase", per, np.mean(per))
+    if y_baseline is not None:
+        base = np.mean(np.abs(y_true - np.asarray(y_baseline, dtype=np.float64)))
+        add("relative_mae", relative_mae(y_true, y_pred, y_baseline), out["mae"] / base)
+    if direction_reference is not None:
+        d = directional_accuracy(y_true, y_pred, direction_reference)
+        add("direction_accuracy", d["accuracy_per_horizon"], d["accuracy"])
+        out["direction_p_value"] = d["p_value"]
+        out["direction_trials"] = d["trials"]
+    if y_quantiles is not None:
+        if quantiles is None:
+            raise ValueError("`y_quantiles` needs the `quantiles` levels.")
+        per = pinball(y_true, y_quantiles, quantiles)
+        add("pinball", per, np.mean(per))
+        levels = [float(v) for v in quantiles]
+        if all(any(np.isclose(level, v) for v in levels) for level in interval):
+            lo, hi = (int(np.argmin(np.abs(np.asarray(levels) - v))) for v in interval)
+            y_quantiles = np.asarray(y_quantiles)
+            per = coverage(y_true, y_quantiles[..., lo], y_quantiles[..., hi])
+            add("coverage", per, np.mean(per))
+    return out
