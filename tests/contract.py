@@ -38,7 +38,7 @@ def _constructor_params(cls):
     return params
 
 
-def check_config(layer_cls, init_kwargs):
+def check_config(layer_cls, init_kwargs, package="tfattn"):
     layer = layer_cls(**init_kwargs)
     config = layer.get_config()
     params = _constructor_params(layer_cls)
@@ -48,9 +48,9 @@ def check_config(layer_cls, init_kwargs):
     assert not missing, f"{layer_cls.__name__} constructor args missing from config: {missing}"
     restored = layer_cls.from_config(config)
     assert restored.get_config() == config
-    # Registered for serialisation under the "tfattn" package.
+    # Registered for serialisation under the library's (or an app's) package.
     name = keras.saving.get_registered_name(layer_cls)
-    assert name.startswith("tfattn>"), name
+    assert name == f"{package}>{layer_cls.__name__}", name
     return layer
 
 
@@ -63,6 +63,7 @@ def check_layer_contract(
     run_fit=True,
     mixed_precision=True,
     atol=1e-5,
+    package="tfattn",
 ):
     """Runs every contract check.
 
@@ -74,10 +75,12 @@ def check_layer_contract(
         expected_output_shape: the first output's shape, if the caller knows it.
         run_fit: check that a few SGD steps through the layer lower an MSE loss.
         mixed_precision: check the layer runs under `mixed_float16`.
+        package: the package the layer is registered under ("tfattn"; an app's layers
+            use their own, e.g. "tfattn_forecast").
     """
     call_kwargs = call_kwargs or {}
     inputs = _as_list(inputs)
-    check_config(layer_cls, init_kwargs)
+    check_config(layer_cls, init_kwargs, package)
 
     # Eager call vs symbolic (functional) call.
     layer = layer_cls(**init_kwargs)

@@ -133,6 +133,18 @@ def _patch_attention(model):
     return fn
 
 
+def _layer_order(outputs):
+    """Attention map names in the model's order: encoder blocks by number, then decoder
+    blocks (so "last layer" is the last one run); PatchTST's channel-mixer maps
+    (b, N, heads, C, C: channels, not time) are left out."""
+    def key(name):
+        stem, _, index = name.rpartition("_")
+        rank = {"encoder": 0, "decoder": 1}.get(stem, 2)
+        return rank, int(index) if index.isdigit() else 0, name
+
+    return sorted((n for n in outputs if not n.startswith("channel_mixer")), key=key)
+
+
 def _attention_scores(model):
     """fn(past) -> [per-layer (b, heads, q, k)] for AttentionMapCallback, or None (DLinear)."""
     try:
@@ -143,7 +155,7 @@ def _attention_scores(model):
     def fn(past):
         outputs = attention_model(past, training=False)
         maps = []
-        for name in sorted(outputs):
+        for name in _layer_order(outputs):
             s = np.asarray(outputs[name])
             if s.ndim == 5:  # PatchTST (b, C, heads, N, N): the first target's channel
                 s = s[:, 0]

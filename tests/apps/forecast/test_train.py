@@ -289,3 +289,11 @@ def test_predict_forecasts_every_series_of_a_long_csv(weather, tmp_path):
     b = np.array([r["temp"] for r in rows[cfg.horizon:]])
     np.testing.assert_allclose(a, served["forecast"][i, :, 0], rtol=1e-6)
     assert not np.allclose(a, b)  # B's warmer history gives another forecast
+
+
+def test_attention_maps_are_logged_in_layer_order_without_channel_mixers():
+    from apps.forecast.plots import _layer_order
+
+    names = {"encoder_10": 0, "encoder_2": 0, "decoder_0": 0, "channel_mixer_1": 0}
+    assert _layer_order(names) == ["encoder_2", "encoder_10", "decoder_0"]  # last = decoder
+    assert _layer_order({"attention": 0}) == ["attention"]
