@@ -190,15 +190,12 @@ def print_next_steps(cfg, summary):
         print(f"P{100 * cfg.quantiles[0]:g}-P{100 * cfg.quantiles[-1]:g} coverage "
               f"{100 * summary['test_coverage']:.1f}%")
     if "saved_model" in summary:
-        model_dir = os.path.abspath(os.path.dirname(summary["saved_model"]))
-        print(f"TensorBoard: .venv/bin/tensorboard --logdir {cfg.workdir}/tensorboard  "
-              "(http://localhost:6006)")
-        print(f"Evaluate:    python -m apps.forecast.evaluate --workdir {cfg.workdir}  "
-              "(every baseline, per-horizon table and plots)")
-        print(f"TF Serving:  docker run -p 8501:8501 -v \"{model_dir}:/models/{cfg.export_name}\" "
-              f"-e MODEL_NAME={cfg.export_name} tensorflow/serving")
-        print(f"Predict:     python -m apps.forecast.predict --export {summary['saved_model']} "
-              "--csv <recent rows>.csv")
+        training.print_next_steps(cfg.workdir, summary["saved_model"], cfg.export_name, [
+            ("Evaluate", f"python -m apps.forecast.evaluate --workdir {cfg.workdir}  "
+                         "(every baseline, per-horizon table and plots)"),
+            ("Predict", f"python -m apps.forecast.predict --export {summary['saved_model']} "
+                        "--csv <recent rows>.csv"),
+        ])
 
 
 def main(argv=None):

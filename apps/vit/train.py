@@ -256,13 +256,10 @@ def print_next_steps(cfg, summary):
             else f"input wait {100 * wait:.1f}% of step time")
     print(f"\nTest accuracy {summary['test_accuracy']:.4f} after {epochs} epochs ({took}); {wait}")
     if "saved_model" in summary:
-        model_dir = os.path.abspath(os.path.dirname(summary["saved_model"]))
-        print(f"TensorBoard: .venv/bin/tensorboard --logdir {cfg.workdir}/tensorboard  "
-              "(http://localhost:6006)")
-        print(f"TF Serving:  docker run -p 8501:8501 -v \"{model_dir}:/models/{cfg.export_name}\" "
-              f"-e MODEL_NAME={cfg.export_name} tensorflow/serving")
-        print(f"Predict:     python -m apps.vit.predict --export {summary['saved_model']} "
-              "--images <image file or folder>")
+        training.print_next_steps(cfg.workdir, summary["saved_model"], cfg.export_name, [
+            ("Predict", f"python -m apps.vit.predict --export {summary['saved_model']} "
+                        "--images <image file or folder>"),
+        ])
 
 
 def main(argv=None):

@@ -282,3 +282,15 @@ def test_export_tflite_dynamic_range_report(trained, digits, tmp_path):
         export_tflite(trained, tmp_path / "x.tflite", quantize="int4")
     with pytest.raises(ValueError, match="is not a SavedModel directory"):
         export_tflite(str(tmp_path), tmp_path / "x.tflite")
+
+
+def test_print_next_steps_names_tensorboard_serving_and_extra_commands(capsys):
+    from tfattn.training import print_next_steps
+
+    print_next_steps("runs/x", os.path.join("runs", "x", "export", "m", "3"), "m",
+                     [("Predict", "python -m apps.x.predict --export runs/x/export/m/3")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["TensorBoard", "TF Serving", "Predict"]
+    assert "--logdir runs/x/tensorboard" in lines[0]
+    model_dir = os.path.abspath(os.path.join("runs", "x", "export", "m"))
+    assert f'-v "{model_dir}:/models/m" -e MODEL_NAME=m' in lines[1]

@@ -32,6 +32,7 @@ from tfattn.training.export import (
     call_like_rest,
     export_for_serving,
     export_tflite,
+    print_next_steps,
     rest_request_body,
     verify_export,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "parse_config",
     "parse_tf_config",
     "predict_locally",
+    "print_next_steps",
     "print_weights_fingerprint",
     "rest_request_body",
     "resolve_jit_compile",

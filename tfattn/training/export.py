@@ -745,3 +745,24 @@ def export_tflite(model, path, quantize="dynamic_range", eval_inputs=None, eval_
                 report["accuracy_quantized"] = float(np.mean(np.argmax(quant_out, -1) == labels))
                 report["accuracy_change"] = report["accuracy_quantized"] - report["accuracy_float"]
     return report
+
+
+def print_next_steps(workdir, saved_model, export_name, commands=()):
+    """Prints the commands that look at and serve a finished run (the apps' last lines).
+
+    Args:
+        workdir: the run's folder (TensorBoard logs under `<workdir>/tensorboard`).
+        saved_model: the export's version folder, `<export_dir>/<name>/<version>`.
+        export_name: the model name TF Serving serves it under.
+        commands: more `(label, command)` lines, e.g. the app's predict command.
+    """
+    model_dir = os.path.abspath(os.path.dirname(saved_model))
+    lines = [
+        ("TensorBoard", f".venv/bin/tensorboard --logdir {workdir}/tensorboard  "
+                        "(http://localhost:6006)"),
+        ("TF Serving", f'docker run -p 8501:8501 -v "{model_dir}:/models/{export_name}" '
+                       f"-e MODEL_NAME={export_name} tensorflow/serving"),
+        *commands,
+    ]
+    for label, command in lines:
+        print(f"{label + ':':<12} {command}")
