@@ -91,14 +91,7 @@ def write_meta(directory, meta, name=PREPROCESSING_FILE):
 
 
 def read_meta(directory, name=PREPROCESSING_FILE):
-    path = os.path.join(directory, name)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(
-            f"{path} not found: expected a folder written by `python -m apps.forecast.train`"
-        ) from None
+    return training.read_json(os.path.join(directory, name), "python -m apps.forecast.train")
 
 
 def raw_inputs(data, windows, meta):
@@ -157,14 +150,6 @@ def make_postprocess(meta):
     return postprocess
 
 
-def next_version(export_dir, name):
-    model_dir = os.path.join(export_dir, name)
-    if not os.path.isdir(model_dir):
-        return 1
-    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def export_forecaster(model, export_dir, name, version, meta, overwrite=False,
                       verify_inputs=None):
     """Writes `<export_dir>/<name>/<version>/` (+ forecast_meta.json) with the raw-window
@@ -202,7 +187,7 @@ def main(argv=None):
         parser.error(f"--model: {model_path} does not exist")
     model = keras.saving.load_model(model_path, compile=False)
     export_dir = args.export_dir or os.path.join(args.workdir, "export")
-    version = args.version if args.version is not None else next_version(export_dir, args.name)
+    version = args.version if args.version is not None else training.next_version(export_dir, args.name)
     try:
         report = export_forecaster(model, export_dir, args.name, version, meta, args.overwrite)
     except FileExistsError as err:

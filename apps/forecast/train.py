@@ -29,7 +29,6 @@ from apps.forecast.evaluate import backtest, load_data
 from apps.forecast.export import (
     export_forecaster,
     forecast_meta,
-    next_version,
     raw_inputs,
     write_meta,
 )
@@ -166,7 +165,7 @@ def run(cfg):
     if chief:
         model.save(os.path.join(workdir, "model.keras"))
         export_dir = os.path.join(workdir, "export")
-        version = cfg.export_version or next_version(export_dir, cfg.export_name)
+        version = cfg.export_version or training.next_version(export_dir, cfg.export_name)
         verify = raw_inputs(data, data.windows("test", lookback, horizon, cfg.backtest_stride), meta)
         report = export_forecaster(
             model, export_dir, cfg.export_name, version, meta, overwrite=cfg.overwrite,

@@ -44,14 +44,8 @@ def write_preprocessing(workdir, image_size, channels, mean, std, class_names):
 
 
 def read_preprocessing(workdir):
-    path = os.path.join(workdir, PREPROCESSING_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(
-            f"{path} not found: --workdir must be a folder written by `python -m apps.vit.train`."
-        ) from None
+    return training.read_json(os.path.join(workdir, PREPROCESSING_FILE),
+                              "python -m apps.vit.train")
 
 
 def decode_image(data, image_size, channels):
@@ -122,14 +116,6 @@ def encode_png(images):
     return np.array([tf.io.encode_png(img).numpy() for img in np.asarray(images, np.uint8)], object)
 
 
-def next_version(export_dir, name):
-    model_dir = os.path.join(export_dir, name)
-    if not os.path.isdir(model_dir):
-        return 1
-    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def export_vit(
     model,
     export_dir,
@@ -195,7 +181,7 @@ def main(argv=None):
         parser.error(f"--model: {model_path} does not exist")
     model = keras.saving.load_model(model_path)
     export_dir = args.export_dir or os.path.join(args.workdir, "export")
-    version = args.version if args.version is not None else next_version(export_dir, args.name)
+    version = args.version if args.version is not None else training.next_version(export_dir, args.name)
     try:
         report = export_vit(
             model, export_dir, args.name, version, preprocessing, args.top_k, args.overwrite

@@ -30,7 +30,7 @@ from apps.vit.evaluate import (
     misclassified_figure,
     predict_logits,
 )
-from apps.vit.export import export_vit, next_version, read_preprocessing, write_preprocessing
+from apps.vit.export import export_vit, read_preprocessing, write_preprocessing
 from apps.vit.model import build_vit, count_params, num_prefix_tokens
 from tfattn import training
 
@@ -230,7 +230,7 @@ def run(cfg, build_model=build_vit):
     if chief:
         model.save(os.path.join(workdir, "model.keras"))
         export_dir = os.path.join(workdir, "export")
-        version = cfg.export_version or next_version(export_dir, cfg.export_name)
+        version = cfg.export_version or training.next_version(export_dir, cfg.export_name)
         report = export_vit(
             model, export_dir, cfg.export_name, version, read_preprocessing(workdir), cfg.top_k,
             overwrite=cfg.overwrite, verify_images=data.x_test[:4],

@@ -298,3 +298,15 @@ def test_write_json_is_valid_json_for_nan_and_numpy(tmp_path):
     assert json.loads(text) == {"fraction": None, "inf": None, "f32": 0.5, "array": [0, 1],
                                 "nested": {"wait": [None, 1.0]}, "ok": "text"}
     assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left behind
+
+
+def test_read_json_names_the_file_and_the_command_that_writes_it(tmp_path):
+    from tfattn.training import read_json, write_json
+
+    with pytest.raises(ValueError, match=r"prep\.json not found: .*`python -m apps\.x\.train`"):
+        read_json(tmp_path / "prep.json", "python -m apps.x.train")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON"):
+        read_json(tmp_path / "bad.json", "python -m apps.x.train")
+    write_json(tmp_path / "ok.json", {"a": 1})
+    assert read_json(tmp_path / "ok.json", "python -m apps.x.train") == {"a": 1}

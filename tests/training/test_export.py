@@ -294,3 +294,12 @@ def test_print_next_steps_names_tensorboard_serving_and_extra_commands(capsys):
     assert "--logdir runs/x/tensorboard" in lines[0]
     model_dir = os.path.abspath(os.path.join("runs", "x", "export", "m"))
     assert f'-v "{model_dir}:/models/m" -e MODEL_NAME=m' in lines[1]
+
+
+def test_next_version_counts_numeric_folders_only(tmp_path):
+    from tfattn.training import next_version
+
+    assert next_version(str(tmp_path), "m") == 1
+    for name in ("1", "7", "notes", "3"):
+        os.makedirs(tmp_path / "m" / name)
+    assert next_version(str(tmp_path), "m") == 8

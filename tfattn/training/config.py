@@ -442,3 +442,21 @@ def write_json(path, value):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def read_json(path, written_by):
+    """Reads a JSON file a command wrote, e.g. an app's `<workdir>/preprocessing.json`.
+
+    Raises `ValueError` naming the file and the command that writes it when it is missing
+    (a wrong `--workdir` or `--export`), or when it is not valid JSON.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path} not found: expected a folder written by `{written_by}`"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rerun `{written_by}`") from None

@@ -218,6 +218,19 @@ def _check_version(version):
     return int(version)
 
 
+def next_version(export_dir, name):
+    """The next free version number under `<export_dir>/<name>/` (1 for a new model).
+
+    TF Serving serves the highest numeric version folder, so each export of a run gets a
+    new one by default and an older version stays available for rollback.
+    """
+    model_dir = os.path.join(export_dir, name)
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()]
+    return max(versions, default=0) + 1
+
+
 def export_for_serving(
     model,
     export_dir,
