@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test test-tf test-jax test-notebooks demo demo-layers bench bench-vit lint clean
+.PHONY: install data data-speech test test-tf test-jax test-notebooks demo demo-layers bench bench-vit bench-forecast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,28 @@ data:
 	    || echo "could not install dataset-fashion-mnist: Fashion-MNIST will come from TFDS"; \
 	  else echo "not root or no apt-get: Fashion-MNIST will come from TFDS"; fi; }
 
+# Synthetic speech corpus for apps/speech: Debian's espeak-ng and festival voices (installed
+# when root + apt), then the default 600-utterance corpus (about 25 s on 2 cores) if missing.
+SPEECH_PACKAGES := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+SPEECH_CORPUS := data/speech/digits
+
+data-speech: $(STAMP)
+	@if command -v espeak-ng >/dev/null 2>&1 && command -v festival >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -qq $(SPEECH_PACKAGES) >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -qq $(SPEECH_PACKAGES); } \
+	  || echo "could not install $(SPEECH_PACKAGES): no speech corpus"; \
+	else echo "not root or no apt-get: install $(SPEECH_PACKAGES) to build the speech corpus"; fi
+	@if [ -f $(SPEECH_CORPUS)/metadata.csv ]; then echo "$(SPEECH_CORPUS) exists"; \
+	elif command -v espeak-ng >/dev/null 2>&1; then \
+	  $(PY) data/make_speech_corpus.py --out $(SPEECH_CORPUS) --utterances 600 --seed 0 \
+	  || echo "speech corpus generation failed"; \
+	else echo "espeak-ng missing: $(SPEECH_CORPUS) not generated"; fi
+
 # The notebooks run inside test-tf (tests/test_notebooks.py, which also checks their figures).
 test: test-tf test-jax
 
-test-tf: $(STAMP) data
+test-tf: $(STAMP) data data-speech
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS) tests
 
 test-jax: $(STAMP)
@@ -53,10 +71,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/attention.py --out benchmarks/results/attention.json
 	KERAS_BACKEND=jax $(PY) benchmarks/attention_jax.py --out benchmarks/results/attention_jax.json
 	$(MAKE) bench-vit
+	$(MAKE) bench-forecast
 
 # ViT throughput vs keras-hub (minutes); `--quality` adds the 2 x 30-minute accuracy runs.
 bench-vit: $(STAMP) data
 	$(PY) benchmarks/vit.py --out benchmarks/results/vit.json
+
+# Forecasting: PatchTST vs LSTM, Transformer, DLinear, ridge and statsforecast on NYC weather,
+# and on the S&P 500 vs the random walk (~35 min on 2 CPU cores).
+bench-forecast: $(STAMP)
+	$(PY) benchmarks/forecast.py --out benchmarks/results/forecast.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check tfattn apps tests benchmarks
