@@ -2,6 +2,7 @@
 
 from tfattn.layers.additive_attention import AdditiveAttention
 from tfattn.layers.cnn_attention import SpatialChannelAttention
+from tfattn.layers.conformer import ConformerBlock, ConformerConvModule, ConvSubsampling
 from tfattn.layers.functional import SCORES, attention_logits, dot_product_attention, dropout
 from tfattn.layers.masks import (
     attention_mask_from_padding,
@@ -31,7 +32,10 @@ __all__ = [
     "SCORES",
     "AdditiveAttention",
     "AttentionPooling",
+    "ConformerBlock",
+    "ConformerConvModule",
     "ConvPatchEmbedding",
+    "ConvSubsampling",
     "DropPath",
     "LayerScale",
     "MLP",
