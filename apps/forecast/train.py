@@ -177,14 +177,10 @@ def run(cfg):
 
 
 def print_next_steps(cfg, summary):
-    epochs, resumed = summary["epochs_run"], summary.get("resumed_from_epoch", 0)
-    took = f"{summary['train_seconds']:.0f} s"
-    if resumed:  # from <workdir>/backup; the seconds are this run's
-        took = f"resumed after epoch {resumed}: {epochs - resumed} epochs in {took}"
     print(f"\nTest MAE {summary['test_mae']:.4f} ({summary['units']}) over {summary['test_origins']} "
           f"origins (naive {summary['test_mae_naive']:.4f}, seasonal naive "
           f"{summary['test_mae_seasonal_naive']:.4f}; MASE {summary['test_mase']:.3f}) after "
-          f"{epochs} epochs ({took})")
+          f"{training.epochs_text(summary)}")
     if "test_coverage" in summary:
         print(f"P{100 * cfg.quantiles[0]:g}-P{100 * cfg.quantiles[-1]:g} coverage "
               f"{100 * summary['test_coverage']:.1f}%")

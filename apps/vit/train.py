@@ -247,14 +247,11 @@ def run(cfg, build_model=build_vit):
 
 
 def print_next_steps(cfg, summary):
-    epochs, resumed = summary["epochs_run"], summary.get("resumed_from_epoch", 0)
-    took = f"{summary['train_seconds']:.0f} s"
-    if resumed:  # from <workdir>/backup; the seconds are this run's
-        took = f"resumed after epoch {resumed}: {epochs - resumed} epochs in {took}"
     wait = summary["input_wait"]["fraction"]
     wait = ("input wait not measured (too few steps)" if math.isnan(wait)
             else f"input wait {100 * wait:.1f}% of step time")
-    print(f"\nTest accuracy {summary['test_accuracy']:.4f} after {epochs} epochs ({took}); {wait}")
+    print(f"\nTest accuracy {summary['test_accuracy']:.4f} after {training.epochs_text(summary)}; "
+          f"{wait}")
     if "saved_model" in summary:
         training.print_next_steps(cfg.workdir, summary["saved_model"], cfg.export_name, [
             ("Predict", f"python -m apps.vit.predict --export {summary['saved_model']} "

@@ -528,3 +528,12 @@ def test_fit_epochs_counts_resumed_epochs():
     assert fit_epochs(History()) == {"epochs_run": 3, "resumed_from_epoch": 0}
     History.epoch = []
     assert fit_epochs(History()) == {"epochs_run": 0, "resumed_from_epoch": 0}
+
+
+def test_epochs_text_says_when_a_run_resumed():
+    from tfattn.training import epochs_text
+
+    fresh = {"epochs_run": 4, "resumed_from_epoch": 0, "train_seconds": 12.4}
+    assert epochs_text(fresh) == "4 epochs (12 s)"
+    resumed = dict(fresh, resumed_from_epoch=2, train_seconds=6.0)
+    assert epochs_text(resumed) == "4 epochs (resumed after epoch 2: 2 epochs in 6 s)"

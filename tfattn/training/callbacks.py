@@ -78,6 +78,16 @@ def fit_epochs(history):
     }
 
 
+def epochs_text(summary):
+    """`"4 epochs (12 s)"`, or `"4 epochs (resumed after epoch 2: 2 epochs in 6 s)"`, from
+    a summary with `fit_epochs`'s keys and `train_seconds` (this run's seconds)."""
+    epochs, resumed = summary["epochs_run"], summary.get("resumed_from_epoch", 0)
+    took = f"{summary['train_seconds']:.0f} s"
+    if resumed:
+        took = f"resumed after epoch {resumed}: {epochs - resumed} epochs in {took}"
+    return f"{epochs} epochs ({took})"
+
+
 def current_learning_rate(optimizer):
     """The optimizer's learning rate at its current step (schedules evaluated), as a float."""
     # LossScaleOptimizer (mixed_float16) wraps the optimizer that owns the schedule.
