@@ -41,16 +41,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_workers(out_dir, runs, timeout=300):
+def run_workers(out_dir, runs, timeout=300, command=None):
     """Starts `runs` = [(worker args, TF_CONFIG dict or None)] at once and waits for all.
 
-    Returns [(returncode, log text)]. Every process still running at the end (timeout,
-    error) is killed, so no worker outlives the test.
+    `command` is what the args follow (default: this script; an app test passes
+    `[sys.executable, "-m", "apps.<app>.train"]`). Returns [(returncode, log text)]. Every
+    process still running at the end (timeout, error) is killed, so no worker outlives
+    the test.
     """
+    command = command or [sys.executable, os.path.abspath(__file__)]
     procs, logs = [], []
     try:
         for i, (args, tf_config) in enumerate(runs):
-            env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+            env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
+                       PYTHONUNBUFFERED="1")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
             env.pop("TF_CONFIG", None)
             if tf_config is not None:
@@ -60,7 +64,7 @@ def run_workers(out_dir, runs, timeout=300):
             with open(log_path, "w") as log:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, os.path.abspath(__file__), *args],
+                        [*command, *args],
                         env=env,
                         cwd=REPO_ROOT,
                         stdout=log,

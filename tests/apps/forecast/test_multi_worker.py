@@ -9,7 +9,6 @@ predict), export on the chief only.
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -19,7 +18,7 @@ import tensorflow as tf
 from apps.forecast import evaluate as fev
 from apps.forecast import export as fex
 from apps.forecast.config import Config
-from tests.training.mw_worker import REPO_ROOT, free_port
+from tests.training.mw_worker import free_port, run_workers
 from tfattn import training
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multi_worker")]
@@ -41,30 +40,12 @@ def _tags(directory):
 def test_trains_backtests_and_exports_on_two_loopback_workers(tmp_path):
     workdir = str(tmp_path / "mw")
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    procs, logs = [], []
-    try:
-        for i in range(2):
-            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), OMP_NUM_THREADS="1",
-                       PYTHONUNBUFFERED="1")
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-            log_path = tmp_path / f"worker{i}.log"
-            logs.append(log_path)
-            with open(log_path, "w") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, *COMMAND, "--workdir", workdir],
-                    env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                ))
-        for proc in procs:
-            proc.wait(timeout=TIMEOUT)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    outputs = [p.read_text() for p in logs]
-    for i, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{out[-4000:]}"
+    runs = [([*COMMAND[2:], "--workdir", workdir],
+             {"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
+    results = run_workers(str(tmp_path), runs, timeout=TIMEOUT, command=[sys.executable, *COMMAND[:2]])
+    outputs = [out for _, out in results]
+    for i, (rc, out) in enumerate(results):
+        assert rc == 0, f"worker {i} exited {rc}:\n{out[-4000:]}"
 
     # Both workers end with the chief's best weights and print the same test backtest.
     fingerprints = [re.findall(r"Weights fingerprint (\w+)", out) for out in outputs]

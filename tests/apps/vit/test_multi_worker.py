@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import numpy as np
@@ -20,7 +19,7 @@ import tensorflow as tf
 from apps.vit import export as vit_export
 from apps.vit import train as vit_train
 from apps.vit.config import Config
-from tests.training.mw_worker import REPO_ROOT, free_port
+from tests.training.mw_worker import REPO_ROOT, free_port, run_workers
 from tfattn import training
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multi_worker")]
@@ -75,30 +74,16 @@ def test_readme_recipe_runs_on_two_loopback_workers(tmp_path):
     mapping = {a: f"127.0.0.1:{free_port()}" for a in addresses}
     mapping[workdir_flag] = workdir
 
-    procs, logs = [], []
-    try:
-        for i, (tf_config, module, args) in enumerate(commands):
-            assert tf_config["task"] == {"type": "worker", "index": i}
-            env = dict(os.environ, TF_CONFIG=json.dumps(_substitute(tf_config, mapping)),
-                       OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-            log_path = tmp_path / f"worker{i}.log"
-            logs.append(log_path)
-            with open(log_path, "w") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", module, *_substitute(args, mapping)],
-                    env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                ))
-        for proc in procs:
-            proc.wait(timeout=TIMEOUT)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    outputs = [p.read_text() for p in logs]
-    for i, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{out[-4000:]}"
+    runs = []
+    for i, (tf_config, module, args) in enumerate(commands):
+        assert tf_config["task"] == {"type": "worker", "index": i}
+        assert module == commands[0][1]
+        runs.append((_substitute(args, mapping), _substitute(tf_config, mapping)))
+    results = run_workers(str(tmp_path), runs, timeout=TIMEOUT,
+                          command=[sys.executable, "-m", commands[0][1]])
+    outputs = [out for _, out in results]
+    for i, (rc, out) in enumerate(results):
+        assert rc == 0, f"worker {i} exited {rc}:\n{out[-4000:]}"
 
     # Both workers end with the same weights (the best checkpoint, sent by the chief) and
     # report the same test accuracy.
