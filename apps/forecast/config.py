@@ -34,10 +34,8 @@ import dataclasses
 from typing import Literal
 
 from apps.forecast.model import DEFAULTS, MODELS
-from tfattn.training import STRATEGIES, config_field
+from tfattn.training import AppConfig, config_field
 
-Strategy = Literal[STRATEGIES]
-Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 ModelName = Literal[MODELS]
 Loss = Literal["mse", "mae"]
 Channels = Literal["targets", "all"]
@@ -53,8 +51,14 @@ MODEL_HPARAMS = (
 
 
 @dataclasses.dataclass
-class Config:
+class Config(AppConfig):
     """Time-series forecasting with attention models (tfattn forecast app)."""
+
+    # Runtime and export: AppConfig's fields (first in --help); these change their default
+    # or help text.
+    workdir: str = config_field("runs/forecast", AppConfig.WORKDIR_HELP)
+    seed: int = config_field(0, "seed of the shuffling and the initialisation")
+    export_name: str = config_field("forecast", AppConfig.EXPORT_NAME_HELP)
 
     # Data
     data: str = config_field(
@@ -160,26 +164,8 @@ class Config:
     early_stopping_patience: int | None = config_field(
         5, "stop after this many epochs without a better val_loss; none: off"
     )
-    time_budget_minutes: float | None = config_field(
-        None, "stop training within this many minutes, at an epoch boundary"
-    )
-    fit_schedule_to_budget: bool = config_field(
-        True, "with a time budget: end the cosine schedule on the last epoch that fits"
-    )
 
     # Runtime
-    workdir: str = config_field(
-        "runs/forecast", "output folder (config, TensorBoard, checkpoints, model, export); "
-        "rerun the same command to resume a killed run"
-    )
-    strategy: Strategy = config_field(
-        "auto", "tf.distribute strategy; auto: a TPU, else all GPUs, else the CPU"
-    )
-    tpu: str | None = config_field(None, "TPU name or address (none: from the environment)")
-    precision: Precision = config_field("float32", "dtype policy; mixed: 16-bit math on GPU/TPU")
-    jit_compile: bool = config_field(True, "compile the train step with XLA")
-    steps_per_execution: int = config_field(1, "batches per compiled call: fewer host round trips")
-    seed: int = config_field(0, "seed of the shuffling and the initialisation")
     plot_windows: int = config_field(
         4, "fixed validation windows whose forecasts TensorBoard shows (0: none)"
     )
@@ -187,20 +173,11 @@ class Config:
         1, "log TensorBoard images (forecasts, attention, error by horizon) every n epochs "
         "and after the last"
     )
-    verbose: int = config_field(2, "Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
-
-    # Export
-    export_name: str = config_field(
-        "forecast", "model name: export/<name>/<version>/, TF Serving's"
-    )
-    export_version: int | None = config_field(
-        None, "SavedModel version; none: one above the newest existing version"
-    )
-    overwrite: bool = config_field(False, "replace an existing export version")
 
     def __post_init__(self):
+        super().__post_init__()
         positive = ("lookback", "horizon", "train_stride", "val_stride", "epochs", "batch_size",
-                    "steps_per_execution", "image_every_epochs")
+                    "image_every_epochs")
         for name in positive:
             value = getattr(self, name)
             if value < 1:

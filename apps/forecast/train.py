@@ -40,9 +40,8 @@ NO_DECAY = ["bias", "gamma", "beta", "embeddings", "queries"]
 
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
 RESUME_MAY_CHANGE = (
-    "workdir", "verbose", "overwrite", "export_name", "export_version", "time_budget_minutes",
-    "fit_schedule_to_budget", "plot_windows", "image_every_epochs", "early_stopping_patience",
-    "eval_stride", "season",
+    *training.AppConfig.RESUME_MAY_CHANGE, "plot_windows", "image_every_epochs",
+    "early_stopping_patience", "eval_stride", "season",
 )
 
 

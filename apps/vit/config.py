@@ -20,16 +20,20 @@ import dataclasses
 from typing import Literal
 
 from tfattn.layers.regularization import check_local_mlp_args
-from tfattn.training import STRATEGIES, config_field
+from tfattn.training import AppConfig, config_field
 
-Strategy = Literal[STRATEGIES]
-Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Pooling = Literal["cls", "gap", "attention"]
 
 
 @dataclasses.dataclass
-class Config:
+class Config(AppConfig):
     """Vision Transformer image classification (tfattn ViT app)."""
+
+    # Runtime and export: AppConfig's fields (first in --help; time_budget_minutes and
+    # fit_schedule_to_budget among them); these change their default or help text.
+    workdir: str = config_field("runs/vit", AppConfig.WORKDIR_HELP)
+    seed: int = config_field(0, "seed of the splits, initialisation and augmentation")
+    export_name: str = config_field("vit", AppConfig.EXPORT_NAME_HELP)
 
     # Data
     dataset: str = config_field(
@@ -91,14 +95,6 @@ class Config:
     warmup_epochs: float = config_field(1.0, "linear warm-up before the cosine decay, epochs")
     min_learning_rate: float = config_field(1e-5, "rate at the end of the cosine decay")
     gradient_clip_norm: float | None = config_field(1.0, "global gradient norm clip; none: off")
-    time_budget_minutes: float | None = config_field(
-        None, "stop training within this many minutes, at an epoch boundary"
-    )
-    # Shortening the schedule means the rate is fully decayed when time runs out, instead of
-    # training stopping mid-decay.
-    fit_schedule_to_budget: bool = config_field(
-        True, "with a time budget: end the cosine schedule on the last epoch that fits"
-    )
 
     # Augmentation
     pad: int = config_field(2, "pad-and-crop shift, px (0: off)")
@@ -114,18 +110,6 @@ class Config:
     label_smoothing: float = config_field(0.1, "label smoothing of the one-hot targets")
 
     # Runtime
-    workdir: str = config_field(
-        "runs/vit", "output folder (config, TensorBoard, checkpoints, model, export); "
-        "rerun the same command to resume a killed run"
-    )
-    strategy: Strategy = config_field(
-        "auto", "tf.distribute strategy; auto: a TPU, else all GPUs, else the CPU"
-    )
-    tpu: str | None = config_field(None, "TPU name or address (none: from the environment)")
-    precision: Precision = config_field("float32", "dtype policy; mixed: 16-bit math on GPU/TPU")
-    jit_compile: bool = config_field(True, "compile the train step with XLA")
-    steps_per_execution: int = config_field(1, "batches per compiled call: fewer host round trips")
-    seed: int = config_field(0, "seed of the splits, initialisation and augmentation")
     early_stopping_patience: int | None = config_field(
         None, "stop after this many epochs without a better val_accuracy; none: off"
     )
@@ -140,22 +124,16 @@ class Config:
         1, "log TensorBoard images (attention, confusion matrix, errors) every n epochs and "
         "after the last"
     )
-    verbose: int = config_field(2, "Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch")
 
     # Export
-    export_name: str = config_field("vit", "model name: export/<name>/<version>/, TF Serving's")
-    export_version: int | None = config_field(
-        None, "SavedModel version; none: one above the newest existing version"
-    )
-    overwrite: bool = config_field(False, "replace an existing export version")
     top_k: int = config_field(5, "classes in the top-k metric and the serving outputs")
     tflite: bool = config_field(False, "also write a dynamic-range quantised TFLite model")
 
     def __post_init__(self):
+        super().__post_init__()
         positive = (
             "image_size", "patch_size", "hidden_dim", "num_layers", "num_heads",
-            "intermediate_dim", "epochs", "batch_size", "steps_per_execution", "top_k",
-            "image_every_epochs",
+            "intermediate_dim", "epochs", "batch_size", "top_k", "image_every_epochs",
         )
         for name in positive:
             value = getattr(self, name)

@@ -112,8 +112,7 @@ def image_callbacks(cfg, attention_model, data, mean, std, log_dir):
 
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
 RESUME_MAY_CHANGE = (
-    "workdir", "verbose", "overwrite", "export_name", "export_version", "top_k", "tflite",
-    "time_budget_minutes", "fit_schedule_to_budget", "profile_batches", "attention_images",
+    *training.AppConfig.RESUME_MAY_CHANGE, "top_k", "tflite", "profile_batches", "attention_images",
     "image_every_epochs", "early_stopping_patience",
 )
 

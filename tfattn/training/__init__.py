@@ -4,6 +4,7 @@ Plain functions the apps call around `keras.Model.fit`.
 """
 
 from tfattn.schedules import WarmupCosine, warmup_cosine
+from tfattn.training.app_config import AppConfig
 from tfattn.training.callbacks import (
     AttentionMapCallback,
     ConfigTextLogger,
@@ -62,6 +63,7 @@ from tfattn.training.strategy import (
 )
 
 __all__ = [
+    "AppConfig",
     "PRECISIONS",
     "STRATEGIES",
     "AttentionMapCallback",
