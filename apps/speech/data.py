@@ -275,6 +275,7 @@ def load_speech_data(
     raw_channels=1,
     frames_per_second=None,
     subsampling=1,
+    encoder_frames=None,
     max_seconds=None,
     strict=False,
     validation_fraction=0.1,
@@ -294,6 +295,8 @@ def load_speech_data(
         raw_rate, raw_channels: headerless int16 PCM (see `read_audio`).
         frames_per_second, subsampling: the model's feature frame rate and time
             subsampling, for the CTC length check (`ctc_frames`); None skips the check.
+        encoder_frames: `fn(num_samples) -> frames`, the model's exact CTC frame count
+            (e.g. `SpeechRecognizer.output_lengths`); replaces the two arguments above.
         max_seconds: clips longer than this are skipped (the pipeline's last bucket).
         strict: raise instead of skipping any file or clip.
         validation_fraction, test_fraction, seed: random split when none is given.
@@ -306,12 +309,14 @@ def load_speech_data(
         ValueError as listed in the module docstring; RuntimeError when TFDS fails.
     """
     vocabulary = vocabulary or Vocabulary()
+    if encoder_frames is None and frames_per_second:
+        def encoder_frames(n):
+            return int(ctc_frames(n, sample_rate, frames_per_second, subsampling))
     source = os.fspath(source)
     report = LoadReport(source=source)
     if source.startswith("tfds:"):
-        return _load_from_tfds(source[5:], sample_rate, vocabulary, report, frames_per_second,
-                               subsampling, max_seconds, strict, validation_fraction,
-                               test_fraction, seed)
+        return _load_from_tfds(source[5:], sample_rate, vocabulary, report, encoder_frames,
+                               max_seconds, strict, validation_fraction, test_fraction, seed)
     if os.path.isdir(source):
         if not os.path.exists(os.path.join(source, "metadata.csv")):
             raise ValueError(f"{source}: no metadata.csv (expected the LJSpeech layout)")
@@ -347,12 +352,10 @@ def load_speech_data(
         default = "train" if table_path.lower().endswith((".csv", ".tsv")) else None
         split_of = [given_splits.get(r[0], default) for r in rows]
     items = [(r[0], r[1], t, w, s) for r, t, w, s in zip(rows, texts, waves, split_of)]
-    return _finish(items, vocabulary, report, sample_rate, frames_per_second, subsampling,
-                   max_seconds, strict)
+    return _finish(items, vocabulary, report, sample_rate, encoder_frames, max_seconds, strict)
 
 
-def _finish(items, vocabulary, report, sample_rate, frames_per_second, subsampling,
-            max_seconds, strict):
+def _finish(items, vocabulary, report, sample_rate, encoder_frames, max_seconds, strict):
     """Skips bad clips, makes labels and groups by split. items: (id, path, text, wave|err, split)."""
     out = {name: SpeechSplit([], [], [], [], [], sample_rate) for name in SPLITS}
     for uid, path, text, wave, split in items:
@@ -371,13 +374,12 @@ def _finish(items, vocabulary, report, sample_rate, frames_per_second, subsampli
                   f"{seconds:.2f} s > {max_seconds} s")
             continue
         labels = vocabulary.text_to_ids(text)
-        if frames_per_second:
-            frames = int(ctc_frames(len(wave), sample_rate, frames_per_second, subsampling))
+        if encoder_frames is not None:
+            frames = int(encoder_frames(len(wave)))
             need = ctc_min_frames(labels)
             if frames < need:
                 _skip(report, strict, "clips too short for their label under CTC", path,
-                      f"{frames} frames after {subsampling}x subsampling < {need} needed "
-                      f"for {text!r}")
+                      f"{frames} encoder frames < {need} needed for {text!r}")
                 continue
         split = out[split]
         for field, value in zip(("ids", "paths", "texts", "waveforms", "labels"),
@@ -389,8 +391,8 @@ def _finish(items, vocabulary, report, sample_rate, frames_per_second, subsampli
     return SpeechData(out, vocabulary, report, sample_rate)
 
 
-def _load_from_tfds(name, sample_rate, vocabulary, report, frames_per_second, subsampling,
-                    max_seconds, strict, validation_fraction, test_fraction, seed):
+def _load_from_tfds(name, sample_rate, vocabulary, report, encoder_frames, max_seconds, strict,
+                    validation_fraction, test_fraction, seed):
     import librosa
 
     by_split, rate = _load_tfds(name)
@@ -417,5 +419,5 @@ def _load_from_tfds(name, sample_rate, vocabulary, report, frames_per_second, su
     for item in items:
         item[2] = vocabulary.normalize(item[2])
     vocabulary.check([i[2] for i in items], [i[0] for i in items])
-    return _finish([tuple(i) for i in items], vocabulary, report, sample_rate,
-                   frames_per_second, subsampling, max_seconds, strict)
+    return _finish([tuple(i) for i in items], vocabulary, report, sample_rate, encoder_frames,
+                   max_seconds, strict)

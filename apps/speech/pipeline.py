@@ -244,6 +244,7 @@ def make_pipeline(
     augment=None,
     seed=0,
     drop_remainder=None,
+    with_index=False,
 ):
     """Bucketed, padded batches of a `SpeechSplit` (see the module docstring).
 
@@ -258,6 +259,8 @@ def make_pipeline(
         augment: an `Augment`, or None; only applied when `training`.
         seed: shuffling and augmentation seed.
         drop_remainder: drop each bucket's last partial batch; default `training`.
+        with_index: also yield each utterance's index in `split` (int64 (B,)), last;
+            bucketing reorders utterances, the index maps results back.
 
     Returns:
         tf.data.Dataset of (waveform, waveform_length, labels, label_length).
@@ -294,18 +297,22 @@ def make_pipeline(
         np.concatenate(split.waveforms).astype(np.float32), lengths)
     labels = tf.RaggedTensor.from_row_lengths(
         np.concatenate(split.labels).astype(np.int32), label_lengths)
-    ds = tf.data.Dataset.from_tensor_slices((waves, labels))
+    index = tf.range(len(split), dtype=tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((waves, labels, index))
     if training:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda w, lab: (w, tf.shape(w)[0], lab, tf.shape(lab)[0]))
+    if with_index:
+        ds = ds.map(lambda w, lab, i: (w, tf.shape(w)[0], lab, tf.shape(lab)[0], i))
+    else:
+        ds = ds.map(lambda w, lab, i: (w, tf.shape(w)[0], lab, tf.shape(lab)[0]))
     # bucket_by_sequence_length pads to boundary - 1; boundaries are edge + 1 so the padded
     # length is the edge itself. Its extra last bucket (>= edges[-1] + 1) stays empty.
     ds = ds.bucket_by_sequence_length(
-        lambda w, n, lab, m: n,
+        lambda w, n, *rest: n,
         bucket_boundaries=[e + 1 for e in edges],
         bucket_batch_sizes=sizes + [sizes[-1]],
-        padded_shapes=([None], [], [max_label_length], []),
-        padding_values=(0.0, 0, 0, 0),
+        padded_shapes=([None], [], [max_label_length], []) + (([],) if with_index else ()),
+        padding_values=(0.0, 0, 0, 0) + ((tf.constant(0, tf.int64),) if with_index else ()),
         pad_to_bucket_boundary=True,
         drop_remainder=drop_remainder,
     )
@@ -313,9 +320,9 @@ def make_pipeline(
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
         def apply(batch, s):
-            waveform, length, lab, lab_len = batch
+            waveform, length, *rest = batch
             waveform, length = augment_batch(waveform, length, augment, split.sample_rate, s)
-            return waveform, length, lab, lab_len
+            return (waveform, length, *rest)
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -244,6 +244,7 @@ def export_for_serving(
     overwrite=False,
     verify_inputs=None,
     save_keras=True,
+    extra_signatures=None,
 ):
     """Writes `<export_dir>/<name>/<version>/` as a SavedModel for TF Serving.
 
@@ -275,6 +276,11 @@ def export_for_serving(
             inputs; when given, `verify_export` checks the written SavedModel against the
             model on them and its report is returned under `"verify"`.
         save_keras: also save `<export_dir>/<name>/<name>_v<version>.keras`.
+        extra_signatures: `{signature name: {"input_signature": ..., "preprocess": ...,
+            "postprocess": ..., "output_names": ...}}`, more signatures next to
+            `serving_default` over the same model (e.g. encoded audio bytes in, next to a
+            waveform); each entry's keys mean what the arguments above do. Callers check
+            them themselves (`verify_inputs` covers `serving_default`).
 
     Returns:
         dict with `path` (version directory), `keras_path` (or None), `inputs` and `outputs`
@@ -307,6 +313,20 @@ def export_for_serving(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serve, input_signature=list(signature.values()))
+    for extra_name, extra in (extra_signatures or {}).items():
+        _check_name("signature", extra_name)
+        unknown = set(extra) - {"input_signature", "preprocess", "postprocess", "output_names"}
+        if extra_name == SIGNATURE or unknown or "input_signature" not in extra:
+            raise ValueError(
+                f"`extra_signatures[{extra_name!r}]` must be a dict with `input_signature` and "
+                "optional `preprocess`, `postprocess`, `output_names`, under a name other "
+                f"than {SIGNATURE!r}; got keys {sorted(extra)}."
+            )
+        extra_spec = _normalise_input_signature(extra["input_signature"], None)
+        extra_serve = _serving_fn(model, extra_spec, extra.get("preprocess"),
+                                  extra.get("postprocess"),
+                                  extra.get("output_names") or output_names)
+        archive.add_endpoint(extra_name, extra_serve, input_signature=list(extra_spec.values()))
 
     try:
         os.makedirs(model_dir, exist_ok=True)

@@ -292,7 +292,7 @@ def test_bad_files_are_skipped_with_counts_and_paths(tmp_path, caplog):
     assert "skipped 2 unreadable audio files" in caplog.text and "garbage.wav" in caplog.text
     # 0.1 s at 100 frames/s is 10 frames, 2 after 4x subsampling; "one two three" needs
     # 13 characters + 1 blank between the two e's of "three".
-    assert "2 frames after 4x subsampling < 14" in data.report.summary()
+    assert "2 encoder frames < 14" in data.report.summary()
 
 
 @pytest.mark.parametrize("name, message", [
