@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from apps.speech import evaluate as sev
 from apps.speech import export as sex
 from apps.speech import train as str_
 from apps.speech.config import PRESETS, Config
@@ -29,9 +28,6 @@ pytestmark = pytest.mark.xdist_group("speech_e2e")  # one worker trains the shar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 CORPUS = os.path.join(REPO, "data", "speech", "digits")
-needs_corpus = pytest.mark.skipif(
-    not os.path.exists(os.path.join(CORPUS, "metadata.csv")),
-    reason="data/speech/digits missing: run `make data-speech` (make test does)")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +104,6 @@ def test_saved_model_transcribes_like_python(run, tmp_path):
     assert got["output_lengths"].numpy().tolist() == frames.tolist()
     np.testing.assert_allclose(got["log_probs"].numpy(), out["log_probs"].numpy(), atol=0.05)
     # 44.1 kHz stereo: resampled in the graph to the same number of frames.
-    stereo = [_wav_bytes(tf.signal.frame(w, 1, 1)[:, 0].numpy(), 16000) for w in waves[:1]]
     import librosa
 
     up = librosa.resample(waves[0], orig_sr=16000, target_sr=44100)
