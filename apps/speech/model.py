@@ -30,6 +30,7 @@ from tfattn.layers import (
     SinePositionEncoding,
     TransformerEncoderBlock,
 )
+from tfattn.layers.functional import nonempty_batch
 
 ARCHITECTURES = ("conformer", "transformer", "ctc_baseline")
 PADDED_LOGIT = -1e4  # non-blank logits of padded frames: exp(-1e4) underflows to 0
@@ -225,7 +226,17 @@ class SpeechRecognizer(keras.Model):
         return x, mask, scores
 
     def call(self, inputs, training=None):
+        # TensorFlow 2.21's oneDNN kernels (Conv2D, MatMul) mis-shape empty batches, which
+        # multi-worker evaluation can hand a worker: run one zero row instead, drop it.
+        waveform, batch = nonempty_batch(inputs["waveform"])
+        length = inputs.get("waveform_length")
+        if length is None:
+            length = ops.full((ops.shape(inputs["waveform"])[0],),
+                              ops.shape(inputs["waveform"])[1], "int32")
+        length = ops.concatenate([ops.cast(length, "int32"), ops.zeros((1,), "int32")])
+        inputs = {"waveform": waveform, "waveform_length": length[: ops.shape(waveform)[0]]}
         x, mask, _ = self.encode(inputs, training=training)
+        x, mask = x[:batch], mask[:batch]
         logits = ops.cast(self.classifier(x), "float32")
         blank = ops.one_hot(ops.zeros_like(mask, dtype="int32"), self.vocabulary_size)
         padded = (1.0 - blank) * PADDED_LOGIT  # blank 0, the rest -1e4
@@ -250,6 +261,27 @@ class SpeechRecognizer(keras.Model):
                       **self.front_end_config, spec_augment=self.spec_augment_config,
                       **self.encoder_config, seed=self.seed)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfattn_speech")
+class CTCLoss(keras.losses.Loss):
+    """`keras.losses.CTC` (labels padded with the blank id 0) that also takes an empty
+    batch: TensorFlow's dense CTC fails on batch 0 ("Indices and updates specified for
+    empty output shape"), which multi-worker evaluation can hand a worker. The loss of an
+    empty batch is 0 (no utterances, no loss)."""
+
+    def __init__(self, reduction="sum_over_batch_size", name="ctc", dtype=None):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        y_pred, batch = nonempty_batch(y_pred)
+        y_true = ops.concatenate([ops.cast(y_true, "int32"),
+                                  ops.zeros((1, ops.shape(y_true)[1]), "int32")])
+        y_true = y_true[: ops.shape(y_pred)[0]]
+        label_length = ops.sum(ops.cast(y_true != 0, "int32"), axis=-1)
+        frames = ops.full((ops.shape(y_pred)[0],), ops.shape(y_pred)[1], "int32")
+        loss = ops.ctc_loss(y_true, y_pred, label_length, frames, mask_index=0)
+        return loss[:batch]
 
 
 def build_model(architecture, vocabulary_size, *, front_end=None, spec_augment=None, seed=None,

@@ -36,7 +36,7 @@ from apps.speech.evaluate import (
     write_results,
 )
 from apps.speech.export import export_speech, pad_batch, speech_meta
-from apps.speech.model import build_model, count_params
+from apps.speech.model import CTCLoss, build_model, count_params
 from apps.speech.pipeline import Augment, make_pipeline
 from apps.speech.text import Vocabulary
 from tfattn import training
@@ -138,7 +138,7 @@ def run(cfg):
             schedule, weight_decay=cfg.weight_decay, global_clipnorm=cfg.gradient_clip_norm
         )
         optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-        model.compile(optimizer=optimizer, loss=keras.losses.CTC(),
+        model.compile(optimizer=optimizer, loss=CTCLoss(),
                       jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
     # Multi-worker: fit/evaluate as collectives, predict locally. A no-op otherwise.
     training.enable_multi_worker_fit(model)

@@ -303,3 +303,10 @@ def test_subsampling_contract():
         _normal(4, 23, 12),
         expected_output_shape=(4, 5, D),
     )
+
+
+def test_conv_subsampling_handles_an_empty_batch():
+    layer = ConvSubsampling(hidden_dim=8)
+    full = layer(keras.random.normal((2, 40, 20)))
+    empty = layer(ops.zeros((0, 40, 20)))
+    assert tuple(empty.shape) == (0, *full.shape[1:])

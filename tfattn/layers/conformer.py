@@ -11,7 +11,7 @@ import numbers
 import keras
 from keras import ops
 
-from tfattn.layers.functional import dropout
+from tfattn.layers.functional import dropout, nonempty_batch
 from tfattn.layers.multi_head_attention import MultiHeadAttention
 from tfattn.layers.regularization import MLP, DropPath
 from tfattn.layers.transformer import (
@@ -580,9 +580,11 @@ class ConvSubsampling(keras.layers.Layer):
         self.projection.build((None, None, shape[2] * filters))
 
     def call(self, inputs, training=None):
+        inputs, batch = nonempty_batch(inputs)  # TF's oneDNN Conv2D mishandles batch 0
         x = ops.expand_dims(inputs, -1)  # (batch, T, features, 1)
         for conv in self.convs:
             x = conv(x)  # (batch, T', features', filters)
+        x = x[:batch]
         shape = ops.shape(x)
         x = ops.reshape(x, (shape[0], shape[1], x.shape[2] * x.shape[3]))  # (batch, T', features' * filters)
         x = self.projection(x)

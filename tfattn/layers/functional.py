@@ -29,6 +29,27 @@ def fused_by_default():
     return jax.default_backend() in ("gpu", "tpu")
 
 
+def nonempty_batch(x):
+    """`(x', n)`: `x` with one zero row appended when its batch is empty, and the original
+    batch size `n` (slice the result with `[:n]`).
+
+    TensorFlow 2.21's oneDNN `Conv2D` returns a wrongly shaped tensor for an empty batch
+    (the input's spatial shape), so a second convolution then fails ("input depth must be
+    evenly divisible by filter depth"). An empty batch happens in real runs: under
+    multi-worker evaluation a worker's share of the last, partial batch can be empty.
+    A static, non-empty batch is returned unchanged at no cost.
+    """
+    n = ops.shape(x)[0]
+    if isinstance(n, int):
+        if n > 0:
+            return x, n
+        return ops.concatenate([x, ops.zeros((1, *ops.shape(x)[1:]), x.dtype)], axis=0), n
+    rows = ops.cast(ops.equal(n, 0), "int32")
+    filler = ops.zeros(ops.stack([rows, *[ops.shape(x)[i] for i in range(1, len(x.shape))]]),
+                       x.dtype)
+    return ops.concatenate([x, filler], axis=0), n
+
+
 def check_score(score):
     if score not in SCORES:
         raise ValueError(f"Unknown attention `score`={score!r}; expected one of {SCORES}.")
