@@ -39,9 +39,10 @@ PADDED_LOGIT = -1e4  # non-blank logits of padded frames: exp(-1e4) underflows t
 DEFAULTS = {
     "conformer": dict(hidden_dim=144, num_layers=4, num_heads=4, intermediate_dim=576,
                       conv_kernel_size=15, dropout_rate=0.1, attention_dropout_rate=0.0,
-                      drop_path_rate=0.05),
+                      drop_path_rate=0.05, subsampling_filters=None),
     "transformer": dict(hidden_dim=144, num_layers=4, num_heads=4, intermediate_dim=576,
-                        dropout_rate=0.1, attention_dropout_rate=0.0, drop_path_rate=0.05),
+                        dropout_rate=0.1, attention_dropout_rate=0.0, drop_path_rate=0.05,
+                        subsampling_filters=None),
     # keras.io uses 32 conv filters, 5 x BiGRU(512) and Dense(1024): ~26M parameters.
     "ctc_baseline": dict(hidden_dim=256, num_layers=3, rnn_units=192, conv_filters=32,
                          dropout_rate=0.2),
@@ -67,6 +68,9 @@ class SpeechRecognizer(keras.Model):
         num_heads, intermediate_dim, conv_kernel_size, attention_dropout_rate,
             drop_path_rate, max_relative_position: Conformer/Transformer block settings.
         rnn_units, conv_filters: baseline GRU units per direction and 2-D conv filters.
+        subsampling_filters: channels of the two ConvSubsampling convolutions (default
+            `hidden_dim`); at width 144 its second convolution is ~60% of the Conformer's
+            multiply-adds, so fewer filters buy training steps on a CPU.
         dropout_rate: dropout inside the encoder.
         seed: dropout / SpecAugment seed.
 
@@ -78,8 +82,8 @@ class SpeechRecognizer(keras.Model):
                  n_fft=400, hop_length=160, n_mels=80, spec_augment=None, hidden_dim=144,
                  num_layers=4, num_heads=4, intermediate_dim=576, conv_kernel_size=15,
                  dropout_rate=0.1, attention_dropout_rate=0.0, drop_path_rate=0.0,
-                 max_relative_position=64, rnn_units=192, conv_filters=32, seed=None,
-                 **kwargs):
+                 max_relative_position=64, rnn_units=192, conv_filters=32,
+                 subsampling_filters=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -95,7 +99,8 @@ class SpeechRecognizer(keras.Model):
             intermediate_dim=intermediate_dim, conv_kernel_size=conv_kernel_size,
             dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
             drop_path_rate=drop_path_rate, max_relative_position=max_relative_position,
-            rnn_units=rnn_units, conv_filters=conv_filters)
+            rnn_units=rnn_units, conv_filters=conv_filters,
+            subsampling_filters=subsampling_filters)
         self.seed = seed
 
         self.log_mel = LogMelSpectrogram(**self.front_end_config, normalize=True, name="log_mel")
@@ -103,7 +108,8 @@ class SpeechRecognizer(keras.Model):
                              SpecAugment(**spec_augment, seed=seed, name="spec_augment"))
         self.blocks = []
         if architecture in ("conformer", "transformer"):
-            self.subsampling = ConvSubsampling(hidden_dim, dropout_rate=dropout_rate, seed=seed,
+            self.subsampling = ConvSubsampling(hidden_dim, filters=subsampling_filters,
+                                               dropout_rate=dropout_rate, seed=seed,
                                                name="subsampling")
             self.positions = (SinePositionEncoding(name="positions")
                               if architecture == "transformer" else None)
