@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data data-speech test test-tf test-jax test-notebooks demo demo-layers bench bench-vit bench-forecast lint clean
+.PHONY: install data data-speech test test-tf test-jax test-notebooks demo demo-layers bench bench-vit bench-forecast bench-speech lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,7 @@ bench: $(STAMP)
 	KERAS_BACKEND=jax $(PY) benchmarks/attention_jax.py --out benchmarks/results/attention_jax.json
 	$(MAKE) bench-vit
 	$(MAKE) bench-forecast
+	$(MAKE) bench-speech
 
 # ViT throughput vs keras-hub (minutes); `--quality` adds the 2 x 30-minute accuracy runs.
 bench-vit: $(STAMP) data
@@ -81,6 +82,10 @@ bench-vit: $(STAMP) data
 # and on the S&P 500 vs the random walk (~35 min on 2 CPU cores).
 bench-forecast: $(STAMP)
 	$(PY) benchmarks/forecast.py --out benchmarks/results/forecast.json
+
+# Speech: Conformer + CTC vs the keras.io CTC ASR model, same corpus and budget (2 x 60 min).
+bench-speech: $(STAMP) data-speech
+	$(PY) benchmarks/speech.py --out benchmarks/results/speech.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check tfattn apps tests benchmarks
