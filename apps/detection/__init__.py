@@ -1,0 +1,1 @@
+"""Object detection app: COCO/VOC/CSV data, box geometry (models to come)."""
