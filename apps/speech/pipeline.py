@@ -234,6 +234,21 @@ def pipeline_shapes(bucket_seconds, sample_rate, batch_size, max_label_length, t
     return shapes
 
 
+def batches_per_epoch(split, batch_size, bucket_seconds=DEFAULT_BUCKET_SECONDS, training=True):
+    """Batches `make_pipeline(split, batch_size, training, bucket_seconds=...)` yields per
+    epoch, counted from the clip lengths (bucketing hides it from tf.data): each bucket's
+    full batches, plus its partial last batch unless training drops it."""
+    edges = np.array([int(round(s * split.sample_rate)) for s in bucket_seconds])
+    lengths = np.array([len(w) for w in split.waveforms], np.int64)
+    bucket = np.searchsorted(edges, lengths, side="left")  # first edge >= length
+    sizes = [batch_size] * len(edges) if isinstance(batch_size, int) else list(batch_size)
+    total = 0
+    for b, size in enumerate(sizes):
+        count = int(np.sum(bucket == b))
+        total += count // size if training else -(-count // size)
+    return total
+
+
 def make_pipeline(
     split,
     batch_size,

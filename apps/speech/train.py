@@ -37,7 +37,7 @@ from apps.speech.evaluate import (
 )
 from apps.speech.export import export_speech, pad_batch, speech_meta
 from apps.speech.model import CTCLoss, build_model, count_params
-from apps.speech.pipeline import Augment, make_pipeline
+from apps.speech.pipeline import Augment, batches_per_epoch, make_pipeline
 from apps.speech.text import Vocabulary
 from tfattn import training
 
@@ -117,14 +117,15 @@ def run(cfg):
                                     max_label_length=labels_len))
     # Bucketing hides the number of batches from tf.data; it is fixed (each bucket's full
     # batches; augmentation runs after batching), so count it once and assert it.
-    steps_per_epoch = sum(1 for _ in train_ds)
+    steps_per_epoch = batches_per_epoch(data.train, global_batch, cfg.bucket_seconds)
     if not steps_per_epoch:
         raise ValueError(
             f"no full training batch: each duration bucket holds fewer than --batch_size "
             f"{global_batch} utterances ({len(data.train)} in all); lower --batch_size")
     options = training.dataset_options()
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(sum(1 for _ in val_ds)))
+    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(
+        batches_per_epoch(data.validation, global_batch, cfg.bucket_seconds, training=False)))
     train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
     with strategy.scope():

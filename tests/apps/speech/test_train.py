@@ -21,7 +21,7 @@ from apps.speech import train as str_
 from apps.speech.config import PRESETS, Config
 from apps.speech.decode import decode
 from apps.speech.model import build_model
-from apps.speech.pipeline import make_pipeline
+from apps.speech.pipeline import batches_per_epoch, make_pipeline
 from tfattn import training
 
 pytestmark = pytest.mark.xdist_group("speech_e2e")  # one worker trains the shared run once
@@ -198,6 +198,11 @@ def test_each_duration_bucket_traces_once_under_xla(tmp_path):
                        max_label_length=str_.max_label_length(data), augment=str_.augment_of(cfg))
     shapes = {tuple(w.shape) for w, *_ in ds}
     assert len(shapes) >= 2  # several buckets, so the test means something
+    # The batch counts train.py asserts to tf.data, training (partial batches dropped) and not.
+    assert batches_per_epoch(data.train, 4, cfg.bucket_seconds) == len(list(ds))
+    eval_ds = make_pipeline(data.train, 4, training=False, bucket_seconds=cfg.bucket_seconds,
+                            max_label_length=str_.max_label_length(data))
+    assert batches_per_epoch(data.train, 4, cfg.bucket_seconds, training=False) == len(list(eval_ds))
     traces = []
     call = model.call
 
