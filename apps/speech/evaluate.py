@@ -120,9 +120,7 @@ def format_table(result, title):
 
 
 def main(argv=None):
-    import keras
-
-    from apps.speech.config import Config
+    from apps.speech.export import load_run
     from apps.speech.train import load_data
 
     parser = argparse.ArgumentParser(
@@ -139,14 +137,7 @@ def main(argv=None):
     bad = [d for d in decoders if d not in DECODERS]
     if bad:
         parser.error(f"--decoders: unknown {bad}; choose from {', '.join(DECODERS)}")
-    config_path = os.path.join(args.workdir, "config.json")
-    if not os.path.exists(config_path):
-        parser.error(f"--workdir: {config_path} does not exist (run apps.speech.train first)")
-    cfg = training.load_config(Config, config_path)
-    model_path = args.model or os.path.join(args.workdir, "model.keras")
-    if not os.path.exists(model_path):
-        parser.error(f"--model: {model_path} does not exist")
-    model = keras.saving.load_model(model_path, compile=False)
+    cfg, model = load_run(parser, args.workdir, args.model)
     if args.data:
         cfg.data = args.data
     data = load_data(cfg, model)

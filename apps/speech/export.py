@@ -155,10 +155,23 @@ def pad_batch(waveforms):
     return batch, lengths
 
 
-def main(argv=None):
+def load_run(parser, workdir, model_path=None):
+    """(config, model) of a training run's folder; `parser.error` naming what is missing."""
     import keras
 
     from apps.speech.config import Config
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        parser.error(f"--workdir: {config_path} does not exist (run apps.speech.train first)")
+    cfg = training.load_config(Config, config_path)
+    model_path = model_path or os.path.join(workdir, "model.keras")
+    if not os.path.exists(model_path):
+        parser.error(f"--model: {model_path} does not exist")
+    return cfg, keras.saving.load_model(model_path, compile=False)
+
+
+def main(argv=None):
     from apps.speech.text import Vocabulary
 
     parser = argparse.ArgumentParser(
@@ -172,14 +185,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     args = parser.parse_args(argv)
 
-    config_path = os.path.join(args.workdir, "config.json")
-    if not os.path.exists(config_path):
-        parser.error(f"--workdir: {config_path} does not exist (run apps.speech.train first)")
-    cfg = training.load_config(Config, config_path)
-    model_path = args.model or os.path.join(args.workdir, "model.keras")
-    if not os.path.exists(model_path):
-        parser.error(f"--model: {model_path} does not exist")
-    model = keras.saving.load_model(model_path, compile=False)
+    cfg, model = load_run(parser, args.workdir, args.model)
     export_dir = args.export_dir or os.path.join(args.workdir, "export")
     version = args.version if args.version is not None else training.next_version(export_dir, args.name)
     meta = speech_meta(cfg, Vocabulary(digits=cfg.digits))
