@@ -252,9 +252,11 @@ def test_image_shaped_inputs_attend_over_all_positions():
     x = RNG.normal(size=(2, 3, 4, 8)).astype("float32")
     layer = MultiHeadAttention(2, 4)
     y, w = layer(x, x, return_attention_scores=True)
-    assert tuple(y.shape) == (2, 3, 4, 8) and tuple(w.shape) == (2, 2, 12, 12)
-    flat = _np(layer(x.reshape(2, 12, 8), x.reshape(2, 12, 8)))
-    np.testing.assert_allclose(_np(y).reshape(2, 12, 8), flat, atol=1e-6)
+    # Keras's score layout: (batch, heads, *query positions, *key positions).
+    assert tuple(y.shape) == (2, 3, 4, 8) and tuple(w.shape) == (2, 2, 3, 4, 3, 4)
+    flat, w_flat = layer(x.reshape(2, 12, 8), x.reshape(2, 12, 8), return_attention_scores=True)
+    np.testing.assert_allclose(_np(y).reshape(2, 12, 8), _np(flat), atol=1e-6)
+    np.testing.assert_allclose(_np(w).reshape(2, 2, 12, 12), _np(w_flat), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -317,8 +319,8 @@ def test_constructor_and_call_errors():
         MultiHeadAttention(2, 4.5)
     with pytest.raises(ValueError, match="Unknown attention `score`"):
         MultiHeadAttention(2, 4, score="bilinear")
-    with pytest.raises(ValueError, match="`attention_axes` must be None"):
-        MultiHeadAttention(2, 4, attention_axes=(1,))
+    with pytest.raises(ValueError, match="`attention_axes`=\\(0,\\) must name distinct position axes"):
+        MultiHeadAttention(2, 4, attention_axes=0)(RNG.normal(size=(2, 5, 8)), RNG.normal(size=(2, 5, 8)))
     with pytest.raises(ValueError, match="`dropout` must be in"):
         MultiHeadAttention(2, 4, dropout=1.0)
     with pytest.raises(ValueError, match="max_relative_position"):

@@ -99,12 +99,12 @@ def test_resized_model_fine_tunes_at_the_new_size():
     cfg = _cfg(patch_size=4)
     model, _ = build_vit(cfg, num_classes=3, channels=1)
     bigger, _ = resize_vit(model, cfg, 3, 1, 56)
-    bigger.compile(keras.optimizers.AdamW(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    bigger.compile(keras.optimizers.AdamW(3e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(3)
     x = rng.normal(size=(8, 56, 56, 1)).astype("float32")
     y = rng.integers(0, 3, 8)
     before = bigger.get_layer("positions").get_weights()[0].copy()
-    losses = bigger.fit(x, y, epochs=3, batch_size=8, verbose=0).history["loss"]
+    losses = bigger.fit(x, y, epochs=5, batch_size=8, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     # The stored (28 px) grid is what trains: gradients flow through the interpolation.
     after = bigger.get_layer("positions").get_weights()[0]
