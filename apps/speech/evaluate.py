@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from apps.speech.decode import DECODERS, WordLM, decode, error_rates
+from apps.speech.model import PADDED_LOGIT
 from apps.speech.pipeline import make_pipeline
 from tfattn import training
 
@@ -58,7 +59,7 @@ def decode_logits(logits_list, vocabulary, method, lm=None, beam_width=16, lm_we
         chunk = logits_list[start:start + batch_size]
         frames = max(len(x) for x in chunk)
         v = chunk[0].shape[-1]
-        batch = np.full((len(chunk), max(frames, 1), v), -1e4, np.float32)
+        batch = np.full((len(chunk), max(frames, 1), v), PADDED_LOGIT, np.float32)
         batch[:, :, 0] = 0.0
         for i, x in enumerate(chunk):
             batch[i, : len(x)] = x

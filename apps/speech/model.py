@@ -187,11 +187,8 @@ class SpeechRecognizer(keras.Model):
     def encode(self, inputs, training=None, return_attention_scores=False):
         """Encoder output `(B, T', D)`, the valid-frame mask `(B, T')` and, for attention
         encoders with `return_attention_scores`, each block's weights `(B, heads, T', T')`."""
-        waveform = inputs["waveform"]
-        waveform_length = inputs.get("waveform_length")
-        if waveform_length is None:
-            waveform_length = ops.full((ops.shape(waveform)[0],), ops.shape(waveform)[1], "int32")
-        features, frames = self.log_mel(waveform, waveform_length)
+        # No lengths: every sample is valid (LogMelSpectrogram's own default).
+        features, frames = self.log_mel(inputs["waveform"], inputs.get("waveform_length"))
         if self.spec_augment is not None:
             features = self.spec_augment(features, frames, training=training)
         scores = []

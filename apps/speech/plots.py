@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from apps.speech.decode import error_rates
 from apps.speech.evaluate import decode_logits, logits_function, split_logits, to_model_inputs
+from apps.speech.export import pad_batch
 from tfattn import training
 
 
@@ -107,20 +108,11 @@ def attention_figure(maps, titles):
     return fig
 
 
-def sample_batch(split, indices):
-    waves = [split.waveforms[i] for i in indices]
-    lengths = np.array([len(w) for w in waves], np.int32)
-    batch = np.zeros((len(waves), int(lengths.max())), np.float32)
-    for row, w in enumerate(waves):
-        batch[row, : len(w)] = w
-    return batch, lengths
-
-
 def image_callbacks(model, split, vocabulary, indices, log_dir, every_n_epochs):
     """Spectrogram (+ transcripts) and attention-map hooks for `indices` of `split`."""
     if not indices:
         return []
-    waveform, length = sample_batch(split, indices)
+    waveform, length = pad_batch([split.waveforms[i] for i in indices])
     inputs = to_model_inputs(waveform, length)
 
     def spectrograms(model, epoch):

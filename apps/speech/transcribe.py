@@ -53,7 +53,8 @@ def transcribe(saved_model, paths, batch_size=16, raw_rate=None, decoder="greedy
     serve = tf.saved_model.load(saved_model).signatures["serving_default"]
     vocabulary = Vocabulary(digits=meta["digits"])
     if vocabulary.chars != meta["characters"]:
-        vocabulary.chars = meta["characters"]  # a vocabulary with extra characters
+        raise ValueError(f"{saved_model}: its characters {meta['characters']!r} are not this "
+                         f"version's vocabulary {vocabulary.chars!r}; re-export it")
     clips, skipped = [], []
     for path in paths:
         try:
