@@ -97,6 +97,9 @@ class DetectionSplit:
     boxes: list
     labels: list
     images: list | None = None  # uint8 (h, w, 3) arrays, for sources without files (TFDS)
+    # Object areas per box (float32 (n_i,)): COCO's `area` (the object's pixel count, what
+    # pycocotools splits small/medium/large by) when the source gives it, else box area.
+    areas: list | None = None
 
     def __len__(self):
         return len(self.image_ids)
@@ -104,6 +107,17 @@ class DetectionSplit:
     @property
     def num_boxes(self):
         return int(sum(len(b) for b in self.boxes))
+
+    def subset(self, indices, name=None):
+        """A split of the images at `indices` (in that order)."""
+        indices = [int(i) for i in indices]
+
+        def pick(items):
+            return None if items is None else [items[i] for i in indices]
+
+        return DetectionSplit(name or self.name, pick(self.image_ids), pick(self.image_paths),
+                              self.image_sizes[indices].reshape(-1, 2), pick(self.boxes),
+                              pick(self.labels), pick(self.images), pick(self.areas))
 
     def load_image(self, index):
         """Image `index` as uint8 RGB (height, width, 3), as in the source."""
@@ -185,6 +199,7 @@ class _Record:
     categories: list = dataclasses.field(default_factory=list)
     places: list = dataclasses.field(default_factory=list)
     array: np.ndarray | None = None
+    areas: dict = dataclasses.field(default_factory=dict)  # box index -> source's area
 
 
 # --------------------------------------------------------------------------- images
@@ -325,6 +340,9 @@ def _read_coco(path, image_dir, include_crowd, report):
             continue
         x, y, w, h = (float(v) for v in bbox)
         record = records[iid]
+        area = ann.get("area")
+        if isinstance(area, number) and not isinstance(area, bool) and area > 0:
+            record.areas[len(record.boxes)] = float(area)
         record.boxes.append((x, y, x + w, y + h))
         record.categories.append(cid)
         record.places.append(f"{os.path.basename(path)} annotation {aid}")
@@ -588,7 +606,7 @@ def _clean_boxes(record, report):
 
 def _finish_split(name, records, listed_in, label_of, report):
     _check_files(records, listed_in)
-    ids, paths, sizes, boxes, labels, arrays = [], [], [], [], [], []
+    ids, paths, sizes, boxes, labels, arrays, areas = [], [], [], [], [], [], []
     for record in records:
         kept_boxes, kept = _clean_boxes(record, report)
         report.boxes_read += len(record.boxes)
@@ -600,11 +618,14 @@ def _finish_split(name, records, listed_in, label_of, report):
         sizes.append(record.size)
         boxes.append(kept_boxes)
         labels.append(np.asarray([label_of[record.categories[i]] for i in kept], np.int32))
+        box_areas = (kept_boxes[:, 2] - kept_boxes[:, 0]) * (kept_boxes[:, 3] - kept_boxes[:, 1])
+        areas.append(np.asarray([record.areas.get(i, a) for i, a in zip(kept, box_areas)],
+                                np.float32))
         arrays.append(record.array)
     report.images += len(records)
     in_memory = any(a is not None for a in arrays)
     return DetectionSplit(name, ids, paths, np.asarray(sizes, np.int64).reshape(-1, 2),
-                          boxes, labels, arrays if in_memory else None)
+                          boxes, labels, arrays if in_memory else None, areas)
 
 
 def _named_classes(by_split, class_names):

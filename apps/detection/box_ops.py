@@ -1,0 +1,102 @@
+"""Box geometry in TensorFlow for the detection losses, matcher and postprocessing.
+
+    cxcywh (DETR head) --cxcywh_to_xyxy--> xyxy --box_iou / generalized_box_iou--> [.., N, M]
+                                                --elementwise_giou-------------> [.., N]
+
+Boxes are float tensors (..., 4); "xyxy" is [xmin, ymin, xmax, ymax] and "cxcywh" is
+[centre x, centre y, width, height], in any one unit (the app uses coordinates normalised
+to the input). `apps/detection/boxes.py` is the NumPy counterpart for data preparation.
+
+Zero-size boxes (the zero padding slots of the targets, or a collapsed prediction) are
+safe: every denominator is at least `EPSILON`, and inverted boxes (xmax < xmin) count as
+empty, so neither the values nor their gradients are NaN.
+
+Reference: Rezatofighi et al. 2019, "Generalized Intersection over Union" (GIoU).
+"""
+
+import tensorflow as tf
+
+__all__ = [
+    "EPSILON", "box_area", "box_iou", "cxcywh_to_xyxy", "elementwise_giou",
+    "generalized_box_iou", "xyxy_to_cxcywh",
+]
+
+# Smallest denominator. Normalised boxes of the app have areas >= ~1e-2; 1e-7 only matters
+# when the union (or enclosing box) is empty, where IoU and GIoU are then 0.
+EPSILON = 1e-7
+
+
+def cxcywh_to_xyxy(boxes):
+    """[cx, cy, w, h] -> [xmin, ymin, xmax, ymax], shape (..., 4) kept."""
+    cx, cy, w, h = tf.unstack(boxes, 4, axis=-1)
+    return tf.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def xyxy_to_cxcywh(boxes):
+    """[xmin, ymin, xmax, ymax] -> [cx, cy, w, h], shape (..., 4) kept."""
+    x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
+    return tf.stack([0.5 * (x0 + x1), 0.5 * (y0 + y1), x1 - x0, y1 - y0], axis=-1)
+
+
+def box_area(boxes):
+    """Areas of xyxy boxes (..., 4) -> (...); inverted boxes have area 0."""
+    x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
+    return tf.nn.relu(x1 - x0) * tf.nn.relu(y1 - y0)
+
+
+def _iou_and_giou(boxes1, boxes2):
+    """IoU and GIoU of xyxy boxes that broadcast against each other."""
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    lo = tf.maximum(boxes1[..., :2], boxes2[..., :2])
+    hi = tf.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    inter_wh = tf.nn.relu(hi - lo)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    union = area1 + area2 - inter
+    iou = inter / tf.maximum(union, EPSILON)
+    # Smallest box enclosing both; relu keeps it empty (not negative) for inverted inputs.
+    enclosing_wh = tf.nn.relu(tf.maximum(boxes1[..., 2:], boxes2[..., 2:])
+                              - tf.minimum(boxes1[..., :2], boxes2[..., :2]))
+    enclosing = enclosing_wh[..., 0] * enclosing_wh[..., 1]
+    giou = iou - (enclosing - union) / tf.maximum(enclosing, EPSILON)
+    return iou, giou
+
+
+def _pairwise(boxes1, boxes2):
+    boxes1 = tf.convert_to_tensor(boxes1)
+    boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
+    # (..., N, 1, 4) against (..., 1, M, 4) -> (..., N, M)
+    return _iou_and_giou(boxes1[..., :, None, :], boxes2[..., None, :, :])
+
+
+def box_iou(boxes1, boxes2):
+    """Pairwise IoU of xyxy boxes.
+
+    Args:
+        boxes1: (..., N, 4) xyxy boxes.
+        boxes2: (..., M, 4) xyxy boxes (leading dimensions broadcast against `boxes1`'s).
+
+    Returns:
+        (..., N, M) IoU in [0, 1]; 0 where both boxes are empty.
+    """
+    return _pairwise(boxes1, boxes2)[0]
+
+
+def generalized_box_iou(boxes1, boxes2):
+    """Pairwise generalized IoU, IoU - |C \\ (A u B)| / |C| with C the enclosing box.
+
+    Args:
+        boxes1: (..., N, 4) xyxy boxes.
+        boxes2: (..., M, 4) xyxy boxes (leading dimensions broadcast against `boxes1`'s).
+
+    Returns:
+        (..., N, M) GIoU in [-1, 1]; 1 for identical non-empty boxes, towards -1 for small
+        boxes far apart.
+    """
+    return _pairwise(boxes1, boxes2)[1]
+
+
+def elementwise_giou(boxes1, boxes2):
+    """GIoU of matching pairs: (..., 4) and (..., 4) xyxy boxes -> (...)."""
+    boxes1 = tf.convert_to_tensor(boxes1)
+    boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
+    return _iou_and_giou(boxes1, boxes2)[1]

@@ -1,0 +1,164 @@
+"""Export a trained detector for TF Serving: encoded images of any size in, boxes out.
+
+    python -m apps.detection.export --workdir runs/detection [--version 2] [--overwrite]
+
+Signature `serving_default` (decoding, letterboxing, the model, box decoding/NMS and the
+map back to each original image all in the graph):
+
+    images                 string  (batch,)         encoded PNG/JPEG/BMP/GIF files, any
+                                                    size, grey/RGB/RGBA
+  returns the TF Object Detection API's outputs:
+    detection_boxes        float32 (batch, D, 4)    [ymin, xmin, ymax, xmax] normalised
+                                                    by each ORIGINAL image's height/width
+    detection_scores       float32 (batch, D)       descending; 0 past num_detections
+    detection_classes      float32 (batch, D)       the source's category ids (COCO ids;
+                                                    1..K for VOC/CSV), as the OD API
+    detection_class_names  string  (batch, D)       "" past num_detections
+    num_detections         float32 (batch,)         as the OD API
+
+`detection_meta.json` next to the model lists the classes, input size and head.
+
+REST (TF Serving row format; image bytes base64-encoded):
+
+    curl -d '{"instances": [{"images": {"b64": "iVBORw0KG..."}}]}' \\
+        http://localhost:8501/v1/models/detection:predict
+"""
+
+import argparse
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from apps.detection.pipeline import decode_image, letterbox_tf
+from tfattn import training
+
+META_FILE = "detection_meta.json"
+
+
+def detection_meta(cfg, class_names, category_ids):
+    return {"class_names": list(class_names), "category_ids": [int(c) for c in category_ids],
+            "image_size": cfg.image_size, "head": cfg.head, "backbone": cfg.backbone,
+            "max_detections": cfg.max_detections,
+            "signatures": {"serving_default": ["images"]}}
+
+
+class ServingDetector(keras.Model):
+    """The exported computation over letterboxed inputs: detect, then map boxes back to
+    the original images and name the classes (wraps a trained `Detector`)."""
+
+    def __init__(self, detector, class_names, category_ids, max_detections=100,
+                 score_threshold=None, **kwargs):
+        super().__init__(**kwargs)
+        self.detector = detector
+        self.image_size = detector.image_size
+        self.class_names = tf.constant(list(class_names))
+        self.category_ids = tf.constant([float(c) for c in category_ids], tf.float32)
+        self.max_detections, self.score_threshold = max_detections, score_threshold
+
+    def call(self, inputs, training=False):
+        det = self.detector.detect(inputs["images"], max_detections=self.max_detections,
+                                   score_threshold=self.score_threshold)
+        scale = inputs["scale"][:, None, :]  # (B, 1, 2) [sx, sy]
+        offset = inputs["offset"][:, None, :]
+        size_xy = inputs["size"][:, None, ::-1]  # (B, 1, 2) original [w, h]
+        boxes = det["boxes"] * self.image_size  # input pixels, xyxy
+        lo = (boxes[..., :2] - offset) / scale / size_xy
+        hi = (boxes[..., 2:] - offset) / scale / size_xy
+        lo, hi = tf.clip_by_value(lo, 0.0, 1.0), tf.clip_by_value(hi, 0.0, 1.0)
+        valid = tf.sequence_mask(det["num_detections"], tf.shape(det["scores"])[1])
+        yxyx = tf.stack([lo[..., 1], lo[..., 0], hi[..., 1], hi[..., 0]], axis=-1)
+        classes = tf.cast(det["classes"], tf.int32)
+        return {
+            "detection_boxes": tf.where(valid[..., None], yxyx, 0.0),
+            "detection_scores": tf.where(valid, det["scores"], 0.0),
+            "detection_classes": tf.where(valid, tf.gather(self.category_ids, classes), 0.0),
+            "detection_class_names": tf.where(valid, tf.gather(self.class_names, classes), ""),
+            "num_detections": tf.cast(det["num_detections"], tf.float32),
+        }
+
+
+def preprocess_bytes(image_size):
+    """{"images": string (B,)} -> the `ServingDetector` inputs."""
+
+    def one(data):
+        image = decode_image(data)
+        canvas, scale, offset = letterbox_tf(image, image_size)
+        return canvas, scale, offset, tf.cast(tf.shape(image)[:2], tf.float32)
+
+    def preprocess(inputs):
+        canvas, scale, offset, size = tf.map_fn(
+            one, inputs["images"], fn_output_signature=(
+                tf.TensorSpec((image_size, image_size, 3), tf.float32),
+                tf.TensorSpec((2,), tf.float32), tf.TensorSpec((2,), tf.float32),
+                tf.TensorSpec((2,), tf.float32)))
+        return {"images": canvas, "scale": scale, "offset": offset, "size": size}
+
+    return preprocess
+
+
+def encode_png(image):
+    """uint8 (h, w, c) -> PNG bytes (for verification inputs and tests)."""
+    return tf.io.encode_png(np.asarray(image, np.uint8)).numpy()
+
+
+def export_detector(detector, export_dir, name, version, meta, overwrite=False,
+                    verify_images=None, score_threshold=None):
+    """Writes `<export_dir>/<name>/<version>/` (+ detection_meta.json); returns the report.
+
+    `verify_images`: uint8 images checked through the reloaded SavedModel against the
+    Python model (via `verify_export`)."""
+    server = ServingDetector(detector, meta["class_names"], meta["category_ids"],
+                             meta["max_detections"], score_threshold)
+    preprocess = preprocess_bytes(meta["image_size"])
+    verify = None
+    if verify_images is not None and len(verify_images):
+        verify = {"images": np.array([encode_png(im) for im in verify_images], dtype=object)}
+    server(preprocess({"images": tf.constant(verify["images"] if verify else
+                                            [encode_png(np.zeros((8, 8, 3), np.uint8))])}))
+    report = training.export_for_serving(
+        server, export_dir, name, version,
+        input_signature={"images": tf.TensorSpec([None], tf.string, name="images")},
+        preprocess=preprocess, overwrite=overwrite, verify_inputs=verify, save_keras=False)
+    training.write_json(os.path.join(report["path"], META_FILE), meta)
+    return report
+
+
+def load_run(workdir, model_path=None):
+    """(config, detector, meta) of a training run's folder."""
+    from apps.detection.config import Config
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(f"--workdir: {config_path} does not exist (run apps.detection.train first)")
+    cfg = training.load_config(Config, config_path)
+    model_path = model_path or os.path.join(workdir, "model.keras")
+    if not os.path.exists(model_path):
+        raise ValueError(f"--model: {model_path} does not exist (training did not finish?)")
+    meta = training.read_json(os.path.join(workdir, META_FILE), "apps.detection.train")
+    return cfg, keras.saving.load_model(model_path, compile=False), meta
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m apps.detection.export",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="folder written by apps.detection.train")
+    parser.add_argument("--model", help="a .keras file (default: <workdir>/model.keras)")
+    parser.add_argument("--export_dir", help="folder of the exports (default: <workdir>/export)")
+    parser.add_argument("--name", default=None, help="model name TF Serving serves (default: the run's)")
+    parser.add_argument("--version", type=int, help="SavedModel version (default: one above the newest)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    args = parser.parse_args(argv)
+    cfg, detector, meta = load_run(args.workdir, args.model)
+    export_dir = args.export_dir or os.path.join(args.workdir, "export")
+    name = args.name or cfg.export_name
+    version = args.version or training.next_version(export_dir, name)
+    report = export_detector(detector, export_dir, name, version, meta, args.overwrite,
+                             score_threshold=cfg.score_threshold)
+    print(f"exported {report['path']} (inputs {report['inputs']}, outputs {report['outputs']})")
+    return report
+
+
+if __name__ == "__main__":
+    training.run_cli(main)

@@ -1,0 +1,211 @@
+"""Detection models: output contract of both heads on both backbones, the DETR head's
+anchors and query positions against independent references, serialisation, training
+through `fit` (eager graph and XLA), `detect` and attention maps."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.stats import qmc
+
+from apps.detection import model as det
+from apps.detection.postprocess import dense_points
+from tfattn.layers import SinePositionEncoding2D
+
+S, K = 64, 3
+TINY = {
+    "dense": dict(hidden_dim=32, num_convs=1, attention_reduction=4, attention_kernel_size=3),
+    "detr": dict(hidden_dim=32, num_heads=2, intermediate_dim=64, dropout_rate=0.0,
+                 num_queries=8, num_encoder_layers=1, num_decoder_layers=2),
+}
+TINY_BACKBONE = {
+    "cnn": dict(backbone_widths=(8, 16, 32, 64)),
+    "vit": dict(num_backbone_layers=1, num_heads=2, intermediate_dim=64),
+}
+
+
+def _build(head, backbone="cnn", seed=0, **overrides):
+    keras.utils.set_random_seed(seed)
+    return det.build_detector(head, backbone, K, S,
+                              **{**TINY_BACKBONE[backbone], **TINY[head], **overrides})
+
+
+def _scenes(n, seed=0, max_boxes=4):
+    """Images with bright rectangles on noise, and their boxes (two or three per image;
+    the last image has none, as real data can)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 60, (n, S, S, 3)).astype("float32")
+    boxes = np.zeros((n, max_boxes, 4), "float32")
+    labels = np.full((n, max_boxes), -1, "int32")
+    for i in range(n - 1):
+        for j in range(2 + i % 2):
+            x0, y0 = rng.uniform(0.0, 0.6, 2)
+            w, h = rng.uniform(0.2, 0.4, 2)
+            boxes[i, j] = [x0, y0, x0 + w, y0 + h]
+            labels[i, j] = rng.integers(K)
+            c0, r0, c1, r1 = (np.array([x0, y0, x0 + w, y0 + h]) * S).astype(int)
+            images[i, r0:r1, c0:c1, labels[i, j]] = 250.0
+    return images, {"boxes": boxes, "labels": labels}
+
+
+@pytest.mark.parametrize("backbone", det.BACKBONES)
+@pytest.mark.parametrize("head", det.HEADS)
+def test_outputs_follow_the_contract(head, backbone):
+    model = _build(head, backbone, prior_probability=0.01)
+    images, _ = _scenes(3)
+    out = model(images)
+    assert all(v.dtype == "float32" for v in out.values())
+    if head == "dense":
+        points, _ = dense_points(S, det.STRIDES)
+        n = sum((S // s) ** 2 for s in det.STRIDES)
+        assert points.shape[0] == n
+        assert set(out) == {"class_logits", "box_deltas", "centerness"}
+        assert out["class_logits"].shape == (3, n, K)
+        assert out["box_deltas"].shape == (3, n, 4)
+        assert out["centerness"].shape == (3, n)
+        # Prior-probability init: class probabilities start near 0.01.
+        p = keras.ops.sigmoid(out["class_logits"]).numpy()
+        assert 0.005 < p.mean() < 0.02, p.mean()
+    else:
+        q, layers = TINY["detr"]["num_queries"], TINY["detr"]["num_decoder_layers"]
+        assert set(out) == {"logits", "boxes", "aux_logits", "aux_boxes"}
+        assert out["logits"].shape == (3, q, K + 1)
+        assert out["boxes"].shape == (3, q, 4)
+        assert out["aux_logits"].shape == (layers - 1, 3, q, K + 1)
+        assert out["aux_boxes"].shape == (layers - 1, 3, q, 4)
+        boxes = out["boxes"].numpy()
+        assert np.all((boxes > 0) & (boxes < 1))
+        # Untrained, every query predicts its anchor (zero-initialised box output).
+        anchors = det.anchor_boxes(q)
+        np.testing.assert_allclose(boxes, np.broadcast_to(anchors, boxes.shape), atol=1e-5)
+        np.testing.assert_allclose(out["aux_boxes"][0], boxes, atol=1e-5)
+        # Prior init: no-object is the most likely class of every query.
+        assert np.all(out["logits"].numpy().argmax(-1) == K)
+
+
+def test_single_layer_detr_has_no_aux_outputs():
+    out = _build("detr", num_decoder_layers=1)(_scenes(2)[0])
+    assert set(out) == {"logits", "boxes"}
+
+
+@pytest.mark.parametrize("head", det.HEADS)
+def test_outputs_do_not_depend_on_the_batch(head):
+    model = _build(head, "vit" if head == "detr" else "cnn")
+    images, _ = _scenes(3)
+    batched = model(images, training=False)
+    single = model(images[1:2], training=False)
+    for key in single:
+        axis = 1 if key.startswith("aux_") else 0
+        np.testing.assert_allclose(np.take(batched[key], [1], axis=axis), single[key],
+                                   atol=2e-5, err_msg=key)
+    empty = model(images[:0], training=False)  # multi-worker evaluation can send these
+    for key in empty:
+        assert empty[key].shape[1 if key.startswith("aux_") else 0] == 0
+
+
+def test_anchors_are_the_halton_sequence():
+    anchors = det.anchor_boxes(12, size=0.2)
+    # scipy's unscrambled Halton sequence starts at index 0 (the origin): skip it.
+    reference = qmc.Halton(d=2, scramble=False).random(13)[1:]
+    np.testing.assert_allclose(anchors[:, :2], 0.05 + 0.9 * reference, atol=1e-6)
+    np.testing.assert_allclose(anchors[:, 2:], 0.2)
+
+
+def test_query_position_sine_matches_the_memory_encoding():
+    # A box centred on memory cell (i, j) gets the (y, x) code SinePositionEncoding2D gives
+    # that cell, so content-free attention can align queries with memory positions.
+    h, w, dim = 4, 6, 16
+    memory_code = SinePositionEncoding2D()(np.zeros((1, h, w, dim), "float32")).numpy()[0]
+    cells = [(0, 0), (1, 4), (3, 5)]
+    boxes = np.array([[[(j + 0.5) / w, (i + 0.5) / h, 0.25, 0.5] for i, j in cells]],
+                     "float32")
+    emb = det.box_sine_embedding(boxes, (h, w), dim).numpy()[0]
+    assert emb.shape == (len(cells), 2 * dim)
+    for k, (i, j) in enumerate(cells):
+        np.testing.assert_allclose(emb[k, :dim], memory_code[i, j], atol=1e-5)
+    # Width and height in cell units: w * 6 = 1.5 columns; channel 0 is sin(h * 4 = 2).
+    np.testing.assert_allclose(emb[:, dim + dim // 2], np.sin(0.25 * w), atol=1e-6)
+    np.testing.assert_allclose(emb[:, dim], np.sin(0.5 * h), atol=1e-6)
+
+
+@pytest.mark.parametrize("head", det.HEADS)
+def test_config_round_trip_and_keras_file(head, tmp_path):
+    model = _build(head, "cnn", seed=3)
+    config = model.get_config()
+    params = set(inspect.signature(det.Detector.__init__).parameters) - {"self", "kwargs"}
+    assert set(config) - {"name", "trainable", "dtype"} == params
+    assert det.Detector.from_config(config).get_config() == config
+    assert keras.saving.get_registered_name(det.Detector) == "tfattn_apps>Detector"
+
+    images, _ = _scenes(2)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert isinstance(restored, det.Detector) and restored.get_config() == config
+    expected, got = model(images), restored(images)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("head", det.HEADS)
+def test_fit_overfits_four_images_and_logs_loss_components(head):
+    # The dense head trains under XLA (as apps/detection/train.py runs it); DETR's matcher
+    # calls scipy, so it trains without.
+    images, targets = _scenes(4)
+    model = _build(head, "cnn", seed=1)
+    model.compile(keras.optimizers.Adam(3e-3), jit_compile=head == "dense")
+    ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(4)
+    history = model.fit(ds.repeat(), epochs=20, steps_per_epoch=1, validation_data=ds,
+                        validation_freq=20, verbose=0).history
+    losses = np.asarray(history["loss"])
+    assert np.all(np.isfinite(losses))
+    assert losses[-3:].mean() < 0.7 * losses[:3].mean(), losses
+
+    names = ({"loss", "class_loss", "l1_loss", "giou_loss"} if head == "detr"
+             else {"loss", "focal_loss", "giou_loss", "centerness_loss"})
+    assert set(history) == names | {f"val_{name}" for name in names}
+    result = model.evaluate(ds, verbose=0, return_dict=True)
+    assert set(result) == names
+    np.testing.assert_allclose(result["loss"], history["val_loss"][-1], rtol=1e-5)
+    # evaluate() reports the head's loss of the inference-mode outputs.
+    from apps.detection import losses
+
+    outputs = model(images, training=False)
+    direct = (losses.detr_loss(targets, outputs, K) if head == "detr"
+              else losses.dense_loss(targets, outputs, S))
+    for name in names:
+        np.testing.assert_allclose(result[name], direct[name], rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("head", det.HEADS)
+def test_detect_and_attention_maps(head):
+    model = _build(head)
+    images, _ = _scenes(2)
+    fn = tf.function(lambda x: model.detect(x, max_detections=5, score_threshold=0.0))
+    for result in (model.detect(images, max_detections=5), fn(tf.constant(images))):
+        assert result["boxes"].shape == (2, 5, 4)
+        assert result["scores"].shape == (2, 5) and result["classes"].shape == (2, 5)
+        assert result["num_detections"].shape == (2,)
+        assert result["classes"].dtype == tf.int32
+    maps = model.attention_maps(images)
+    if head == "detr":
+        grid = S // det.DEFAULTS["detr"]["memory_stride"]
+        assert maps.shape == (2, TINY["detr"]["num_queries"], grid, grid)
+        # Softmax rows averaged over heads: each query's map sums to 1.
+        np.testing.assert_allclose(np.sum(maps, axis=(2, 3)), 1.0, atol=1e-5)
+    else:
+        assert [tuple(m.shape) for m in maps] == [(2, S // s, S // s) for s in det.STRIDES]
+        assert all(np.all((m >= 0) & (m <= 1)) for m in maps)
+
+
+def test_bad_arguments_name_what_was_expected():
+    with pytest.raises(ValueError, match=r"no hyperparameter\(s\) \['num_queries'\]"):
+        det.build_detector("dense", "cnn", K, S, num_queries=10)
+    with pytest.raises(ValueError, match="`head` must be one of"):
+        det.build_detector("yolo", "cnn", K, S)
+    with pytest.raises(ValueError, match="`image_size` must be a positive multiple of 32"):
+        det.Detector(K, image_size=100)
+    with pytest.raises(ValueError, match="`images` must have shape"):
+        _build("dense")(np.zeros((1, 32, 32, 3), "float32"))
