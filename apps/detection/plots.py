@@ -7,13 +7,10 @@ cross-attention over the feature grid, and the dense head's CBAM spatial attenti
 """
 
 import keras
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from apps.detection.evaluate import coco_ground_truth, coco_map, coco_results, predict_split  # noqa: E402
+from apps.detection.evaluate import coco_ground_truth, coco_map, coco_results, predict_split
 
 COLORS = plt.get_cmap("tab10").colors
 
