@@ -59,6 +59,11 @@ class Config(AppConfig):
     )
     image_size: int = config_field(128, "square model input (letterboxed), divisible by 32")
     max_boxes: int = config_field(32, "box slots per image; images with more keep the largest")
+    tile_size: int | None = config_field(
+        None, "cut images larger than this (pixels) into overlapping tiles for training and "
+        "evaluation (large images, small objects; predict with --tile); none: whole images"
+    )
+    tile_overlap: float = config_field(0.2, "overlap of neighbouring tiles (share of a tile)")
 
     # Augmentation (training only)
     flip: bool = config_field(True, "random left-right flips")
@@ -127,6 +132,10 @@ class Config(AppConfig):
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 1:
                 raise ValueError(f"`{name}` must be >= 1 or none; got {value}.")
+        if self.tile_size is not None and self.tile_size < 32:
+            raise ValueError(f"`tile_size` must be >= 32 pixels or none; got {self.tile_size}.")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"`tile_overlap` must be in [0, 1); got {self.tile_overlap}.")
         for name in ("validation_fraction", "min_visible", "brightness"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1]; got {getattr(self, name)}.")

@@ -65,7 +65,7 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DetectionData", "DetectionSplit", "LoadReport", "load_detection_data", "read_image",
-    "image_size",
+    "image_size", "tile_split", "tile_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class DetectionSplit:
     # Object areas per box (float32 (n_i,)): COCO's `area` (the object's pixel count, what
     # pycocotools splits small/medium/large by) when the source gives it, else box area.
     areas: list | None = None
+    # Tiles (`tile_split`): image i is the window [x0, y0, x1, y1] (pixels) of its file.
+    windows: np.ndarray | None = None
 
     def __len__(self):
         return len(self.image_ids)
@@ -117,13 +119,73 @@ class DetectionSplit:
 
         return DetectionSplit(name or self.name, pick(self.image_ids), pick(self.image_paths),
                               self.image_sizes[indices].reshape(-1, 2), pick(self.boxes),
-                              pick(self.labels), pick(self.images), pick(self.areas))
+                              pick(self.labels), pick(self.images), pick(self.areas),
+                              None if self.windows is None else self.windows[indices])
 
     def load_image(self, index):
         """Image `index` as uint8 RGB (height, width, 3), as in the source."""
         if self.images is not None and self.images[index] is not None:
-            return self.images[index]
-        return read_image(self.image_paths[index])
+            image = self.images[index]
+        else:
+            image = read_image(self.image_paths[index])
+        if self.windows is not None:
+            x0, y0, x1, y1 = (int(v) for v in self.windows[index])
+            image = image[y0:y1, x0:x1]
+        return image
+
+
+def tile_windows(height, width, tile, overlap=0.2):
+    """[(x0, y0, x1, y1)] covering an image with `tile`-sized windows overlapping by at
+    least `overlap` of a tile (the last row/column aligned to the border); one window
+    (the whole image) when it fits in a tile."""
+    def starts(length):
+        if length <= tile:
+            return [0]
+        step = max(1, int(tile * (1 - overlap)))
+        return list(range(0, length - tile, step)) + [length - tile]
+    return [(x, y, min(x + tile, width), min(y + tile, height))
+            for y in starts(height) for x in starts(width)]
+
+
+def tile_split(split, tile, overlap=0.2, min_visible=0.5, name=None):
+    """Cuts the images of `split` larger than `tile` pixels into overlapping tiles, for
+    training on large images at full resolution (predict with `apps.detection.predict
+    --tile`, which merges the tiles' boxes with NMS). Boxes are clipped to each tile;
+    a box keeps its label in a tile when at least `min_visible` of its area is inside.
+    Images that fit in a tile stay whole. Tiles without boxes are kept (background).
+
+    Returns:
+        a `DetectionSplit` of tiles: `windows[i]` is tile i's window in its image, its
+        id `"<image id>@<x0>,<y0>"`.
+    """
+    if tile < 32:
+        raise ValueError(f"`tile` must be >= 32 pixels; got {tile}")
+    if split.windows is not None:
+        raise ValueError(f"split {split.name!r} is already tiled")
+    ids, paths, sizes, boxes, labels, images, areas, windows = ([] for _ in range(8))
+    for i in range(len(split)):
+        height, width = (int(v) for v in split.image_sizes[i])
+        b = np.asarray(split.boxes[i], np.float32).reshape(-1, 4)
+        box_area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        for x0, y0, x1, y1 in tile_windows(height, width, tile, overlap):
+            clipped = np.stack([np.clip(b[:, 0], x0, x1), np.clip(b[:, 1], y0, y1),
+                                np.clip(b[:, 2], x0, x1), np.clip(b[:, 3], y0, y1)], -1)
+            seen = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+            keep = (seen > 0) & (seen >= min_visible * box_area)
+            ids.append(f"{split.image_ids[i]}@{x0},{y0}")
+            paths.append(split.image_paths[i])
+            images.append(None if split.images is None else split.images[i])
+            sizes.append((y1 - y0, x1 - x0))
+            boxes.append((clipped[keep] - np.array([x0, y0, x0, y0], np.float32)).astype(np.float32))
+            labels.append(np.asarray(split.labels[i])[keep])
+            if split.areas is not None:
+                ratio = seen[keep] / np.maximum(box_area[keep], 1e-9)
+                areas.append((np.asarray(split.areas[i])[keep] * ratio).astype(np.float32))
+            windows.append((x0, y0, x1, y1))
+    return DetectionSplit(name or split.name, ids, paths, np.asarray(sizes, np.int64).reshape(-1, 2),
+                          boxes, labels, images if split.images is not None else None,
+                          areas if split.areas is not None else None,
+                          np.asarray(windows, np.int64).reshape(-1, 4))
 
 
 @dataclasses.dataclass

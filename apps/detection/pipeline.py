@@ -84,7 +84,7 @@ def padded_targets(split, image_size, max_boxes, name="split"):
 
 
 def _images(split):
-    """A dataset of uint8 (h, w, 3) images of a split, in order."""
+    """A dataset of uint8 (h, w, 3) images of a split (tiles cut out), in order."""
     if split.images is not None:
         def generate():
             for i in range(len(split)):
@@ -92,8 +92,17 @@ def _images(split):
         return tf.data.Dataset.from_generator(
             generate, output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
     paths = tf.data.Dataset.from_tensor_slices([str(p) for p in split.image_paths])
-    return paths.map(lambda p: decode_image(tf.io.read_file(p)),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if split.windows is None:
+        return paths.map(lambda p: decode_image(tf.io.read_file(p)),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def crop(path, window):
+        image = decode_image(tf.io.read_file(path))
+        return image[window[1]:window[3], window[0]:window[2]]
+
+    windows = tf.data.Dataset.from_tensor_slices(split.windows.astype(np.int32))
+    return tf.data.Dataset.zip((paths, windows)).map(
+        crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def input_images(split, image_size):

@@ -23,6 +23,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from apps.detection.data import tile_windows
 from apps.detection.export import encode_png
 from tfattn.training.cli import run_cli
 from tfattn.training.export import SIGNATURE
@@ -53,30 +54,22 @@ def _decode(data):
         return None
 
 
-def tile_windows(height, width, tile, overlap):
-    """[(x0, y0, x1, y1)] covering the image with `tile`-sized windows overlapping by at
-    least `overlap` of a tile (the last row/column aligned to the border)."""
-    def starts(length):
-        if length <= tile:
-            return [0]
-        step = max(1, int(tile * (1 - overlap)))
-        out = list(range(0, length - tile, step))
-        return out + [length - tile]
-    return [(x, y, min(x + tile, width), min(y + tile, height))
-            for y in starts(height) for x in starts(width)]
-
-
-def merge_nms(boxes, scores, labels, iou_threshold=0.5, max_detections=100):
-    """Per-class NMS over boxes from several tiles; returns the kept (boxes, scores, labels)."""
-    if not len(boxes):
-        return boxes, scores, labels
+def nms_indices(boxes, scores, labels, iou_threshold=0.5, max_detections=100):
+    """Indices kept by per-class NMS (xyxy boxes), highest score first."""
     keep = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         yxyx = boxes[idx][:, [1, 0, 3, 2]]
         chosen = tf.image.non_max_suppression(yxyx, scores[idx], len(idx), iou_threshold).numpy()
         keep.extend(idx[chosen])
-    keep = np.array(sorted(keep, key=lambda i: -scores[i])[:max_detections], np.int64)
+    return np.array(sorted(keep, key=lambda i: -scores[i])[:max_detections], np.int64)
+
+
+def merge_nms(boxes, scores, labels, iou_threshold=0.5, max_detections=100):
+    """Per-class NMS over boxes from several tiles; returns the kept (boxes, scores, labels)."""
+    if not len(boxes):
+        return boxes, scores, labels
+    keep = nms_indices(boxes, scores, labels, iou_threshold, max_detections)
     return boxes[keep], scores[keep], labels[keep]
 
 
@@ -152,12 +145,18 @@ def main(argv=None):
     parser.add_argument("--score_threshold", type=float, default=0.3, help="keep detections scoring at least this")
     parser.add_argument("--tile", type=int, default=None, help="tile images larger than this many pixels")
     parser.add_argument("--tile_overlap", type=float, default=0.2, help="overlap of neighbouring tiles (share)")
+    parser.add_argument("--agnostic_iou", type=float, default=0.7,
+                        help="one label per object: drop a box overlapping a higher-scoring box "
+                             "of another class by more than this IoU (1: keep all, as COCO "
+                             "evaluation does)")
     parser.add_argument("--no_draw", action="store_true", help="write JSON/CSV only")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.export, "saved_model.pb")):
         parser.error(f"--export: {args.export} is not a SavedModel folder (no saved_model.pb)")
     if args.tile is not None and args.tile < 32:
         parser.error(f"--tile must be >= 32 pixels; got {args.tile}")
+    if not 0 < args.agnostic_iou <= 1:
+        parser.error(f"--agnostic_iou must be in (0, 1]; got {args.agnostic_iou}")
     if not 0 <= args.tile_overlap < 1:
         parser.error(f"--tile_overlap must be in [0, 1); got {args.tile_overlap}")
     try:
@@ -177,6 +176,10 @@ def main(argv=None):
         boxes, scores, names, ids = predict_image(predictor, image, data, args.tile, args.tile_overlap)
         keep = scores >= args.score_threshold
         boxes, scores, names, ids = boxes[keep], scores[keep], names[keep], ids[keep]
+        if args.agnostic_iou < 1 and len(scores):
+            keep = nms_indices(boxes, scores, np.zeros(len(scores), np.int64),
+                               args.agnostic_iou, max_detections=len(scores))
+            boxes, scores, names, ids = boxes[keep], scores[keep], names[keep], ids[keep]
         records.append({"image": path, "height": int(image.shape[0]), "width": int(image.shape[1]),
                         "boxes": np.round(boxes, 2).tolist(), "scores": np.round(scores, 4).tolist(),
                         "class_names": names.tolist(), "category_ids": ids.tolist()})

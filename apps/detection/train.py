@@ -24,7 +24,7 @@ import numpy as np
 
 from apps.detection import pipeline, plots
 from apps.detection.config import PRESETS, Config
-from apps.detection.data import load_detection_data
+from apps.detection.data import load_detection_data, tile_split
 from apps.detection.evaluate import evaluate_split, format_table, predict_split, write_evaluation
 from apps.detection.export import META_FILE, detection_meta, export_detector
 from apps.detection.model import build_detector
@@ -55,6 +55,11 @@ def load_data(cfg):
         for name, split in list(data.splits.items()):
             if len(split) > cfg.limit_images:
                 data.splits[name] = split.subset(np.arange(cfg.limit_images), name)
+    if cfg.tile_size:
+        for name, split in list(data.splits.items()):
+            data.splits[name] = tile_split(split, cfg.tile_size, cfg.tile_overlap, cfg.min_visible)
+            print(f"{name}: {len(split)} images -> {len(data.splits[name])} tiles of "
+                  f"<= {cfg.tile_size} px")
     return data
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from apps.detection import evaluate as ev
-from apps.detection.data import DetectionSplit
-from apps.detection.predict import merge_nms, tile_windows
+from apps.detection.data import DetectionSplit, tile_windows
+from apps.detection.predict import merge_nms, nms_indices
 
 NAMES = ("cat", "dog", "eel")
 
@@ -79,3 +79,10 @@ def test_merge_nms_keeps_one_per_object_and_class():
     labels = np.array([1, 1, 2, 1])
     b, s, lab = merge_nms(boxes, scores, labels, iou_threshold=0.5)
     assert s.tolist() == pytest.approx([0.9, 0.7, 0.6]) and lab.tolist() == [1, 2, 1]
+
+
+def test_class_agnostic_nms_keeps_one_label_per_object():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 11], [30, 30, 40, 40]], np.float32)
+    scores = np.array([0.5, 0.7, 0.4], np.float32)
+    keep = nms_indices(boxes, scores, np.zeros(3, np.int64), 0.7, max_detections=3)
+    assert keep.tolist() == [1, 2]

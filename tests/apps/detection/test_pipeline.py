@@ -97,3 +97,47 @@ def test_make_dataset_batches_and_order():
 def test_empty_split_is_an_error():
     with pytest.raises(ValueError, match="no images"):
         pipeline.make_dataset(_split([], [], [], name="val"), 32, 2, False)
+
+
+def test_tile_split_cuts_images_and_boxes(tmp_path):
+    from PIL import Image
+
+    from apps.detection.data import tile_split
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    path = tmp_path / "big.png"
+    Image.fromarray(image).save(path)
+    # One box inside the first tile, one across the tiles' border, one small one.
+    boxes = np.array([[5, 5, 40, 40], [50, 60, 120, 100], [180, 130, 190, 140]], np.float32)
+    split = DetectionSplit("train", [1], [str(path)], np.array([[150, 200]]), [boxes],
+                           [np.array([0, 1, 2], np.int32)], None, [np.array([1000.0, 2000.0, 80.0], np.float32)])
+    tiles = tile_split(split, 100, overlap=0.2, min_visible=0.5)
+    assert tiles.windows.tolist() == [[0, 0, 100, 100], [80, 0, 180, 100], [100, 0, 200, 100],
+                                      [0, 50, 100, 150], [80, 50, 180, 150], [100, 50, 200, 150]]
+    assert tiles.image_ids[1] == "1@80,0" and tiles.image_sizes.tolist() == [[100, 100]] * 6
+    np.testing.assert_array_equal(tiles.load_image(4), image[50:150, 80:180])
+    # Box 1 spans x 50-120: in tile 0 (x 0-100) 50/70 of it is visible -> kept, clipped.
+    assert tiles.labels[0].tolist() == [0, 1]
+    np.testing.assert_allclose(tiles.boxes[0][1], [50, 60, 100, 100])
+    np.testing.assert_allclose(tiles.areas[0][1], 2000.0 * 50 / 70, rtol=1e-5)
+    # Tile 5 (x 100-200, y 50-150): box 1 shows 20 of its 70 px width (< 0.5): dropped.
+    assert tiles.labels[5].tolist() == [2]
+    np.testing.assert_allclose(tiles.boxes[5][0], [80, 80, 90, 90])
+
+
+def test_pipeline_reads_tiles_from_files(tmp_path):
+    from PIL import Image
+
+    from apps.detection.data import tile_split
+
+    image = np.random.default_rng(3).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    split = DetectionSplit("val", [0], [str(tmp_path / "wide.png")], np.array([[90, 160]]),
+                           [np.array([[10, 10, 30, 30]], np.float32)], [np.array([3], np.int32)])
+    tiles = tile_split(split, 96, overlap=0.0)
+    assert len(tiles) == 2
+    x, y = next(iter(pipeline.make_dataset(tiles, 32, 2, training=False, max_boxes=2)))
+    expected = pipeline.letterbox_tf(image[:, 64:160], 32)[0].numpy()
+    np.testing.assert_array_equal(x[1].numpy(), expected)
+    assert y["labels"].numpy().tolist() == [[3, -1], [-1, -1]]
