@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data data-speech data-detection test test-tf test-jax test-notebooks demo demo-layers bench bench-vit bench-forecast bench-speech lint clean
+.PHONY: install data data-speech data-detection test test-tf test-jax test-notebooks demo demo-layers bench bench-vit bench-forecast bench-speech bench-detection lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(MAKE) bench-vit
 	$(MAKE) bench-forecast
 	$(MAKE) bench-speech
+	$(MAKE) bench-detection
 
 # ViT throughput vs keras-hub (minutes); `--quality` adds the 2 x 30-minute accuracy runs.
 bench-vit: $(STAMP) data
@@ -94,6 +95,10 @@ bench-forecast: $(STAMP)
 # Speech: Conformer + CTC vs the keras.io CTC ASR model, same corpus and budget (2 x 60 min).
 bench-speech: $(STAMP) data-speech
 	$(PY) benchmarks/speech.py --out benchmarks/results/speech.json
+
+# Both detection heads vs keras-hub RetinaNet and D-FINE, 4 x 60 minutes + evaluation.
+bench-detection: $(STAMP) data-detection
+	$(PY) benchmarks/detection.py --out benchmarks/results/detection.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check tfattn apps tests benchmarks

@@ -1,0 +1,90 @@
+"""Smoke test: `benchmarks/detection.py --quick` runs end to end (tiny dense and DETR heads
+and keras-hub RetinaNet on a generated scene set) and writes the documented JSON.
+
+D-FINE is left out (`--models dense,detr,retinanet`): building its training graph alone
+takes ~100 s on 2 CPU cores (keras-hub's Hungarian matcher as nested while loops), which
+would double this test; its code path is the same `run_peer` as RetinaNet's, and
+tests/test_detection_peers.py trains and decodes it.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADLINE = ("map", "ap50", "detr_map", "dense_map", "keras_hub_retinanet_map",
+            "keras_hub_dfine_map", "train_minutes")
+METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+RUN = ("dense", "detr", "retinanet")
+
+pytestmark = pytest.mark.slow  # ~3 min: three tiny trainings, two exports, COCO evaluations
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "d.json"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "detection.py"), "--quick",
+         "--models", ",".join(RUN), "--out", str(out), "--workdir_root", str(tmp / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f), proc.stdout
+
+
+def test_quick_json_schema(quick_run):
+    info, stdout = quick_run
+    assert info["benchmark"] == "detection" and info["quick"] is True and info["date"]
+    assert {"platform", "cpu_count", "cpu_model", "memory_gib"} <= set(info["machine"])
+    assert set(info["targets"]) == {"map", "ap50", "vs_peers"}
+    config = info["config"]
+    assert config["minutes"] > 0 and config["image_size"] == 64
+    assert config["sizes"] == {"train": 48, "val": 12, "test": 8}  # the quick scene set
+    assert set(info["models"]) == set(RUN)  # dfine not run: absent
+    for name in RUN:
+        model = info["models"][name]
+        for key in METRICS:  # None only where the test split has no object of that size
+            value = model[key]
+            assert value is None or 0.0 <= value <= 1.0, (name, key, value)
+            assert model["test"][key] == value
+        for key in ("map", "ap50", "ap75"):
+            assert model[key] is not None, (name, key)
+        assert model["parameters"] > 0 and model["train_minutes"] > 0
+        assert model["epochs_run"] > 0 and model["train_images_per_second"] > 0
+        assert f"| {name} |" in stdout
+    for name in ("dense", "detr"):
+        serve = info["models"][name]["serving_ms_per_image"]
+        assert set(serve) == {"batch_1", "batch_32"}
+        assert all(isinstance(v, float) and v > 0 for v in serve.values())
+    retinanet = info["models"]["retinanet"]
+    assert retinanet["kind"] == "keras_hub" and retinanet["steps_run"] > 0
+    assert retinanet["serving_ms_per_image"] is None
+
+
+def test_quick_headline(quick_run):
+    info, _ = quick_run
+    headline, models = info["headline"], info["models"]
+    assert set(HEADLINE) <= set(headline)
+    assert headline["keras_hub_dfine_map"] is None  # not run
+    for key in HEADLINE:
+        if key == "keras_hub_dfine_map":
+            continue
+        value = headline[key]
+        assert isinstance(value, float) and math.isfinite(value), key
+        if key != "train_minutes":
+            assert 0.0 <= value <= 1.0, (key, value)
+    # The better head by test mAP supplies map, ap50 and train_minutes.
+    best = max(("dense", "detr"), key=lambda m: models[m]["map"])
+    assert headline["best_tfattn_head"] == best
+    assert headline["map"] == models[best]["map"] == max(headline["dense_map"],
+                                                          headline["detr_map"])
+    assert headline["ap50"] == models[best]["ap50"]
+    assert headline["train_minutes"] == models[best]["train_minutes"]
+    assert headline["keras_hub_retinanet_map"] == models["retinanet"]["map"]
