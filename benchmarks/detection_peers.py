@@ -398,7 +398,9 @@ _DETECT_FNS = weakref.WeakKeyDictionary()
 def _detect_fn(model):
     """One compiled preprocess -> forward -> keras-hub decode + NMS per model."""
     if model not in _DETECT_FNS:
-        @tf.function(reduce_retracing=True)
+        # A trace per batch size (at most two in an evaluation): keras-hub's NMS needs a
+        # static batch dimension (an unknown one fails in `ops.zeros([batch_size])`).
+        @tf.function(reduce_retracing=False)
         def detect(images):
             x = model.preprocessor(images)
             return model.decode_predictions(model(x, training=False), x)

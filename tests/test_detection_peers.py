@@ -153,6 +153,20 @@ def test_retinanet_trains_and_detects():
     _assert_rows_match(detections, raw, "retinanet")
 
 
+def test_peer_detect_takes_a_smaller_last_batch():
+    """An evaluation's last partial batch: keras-hub's NMS needs a static batch size, so a
+    second batch size must trace again rather than relax to an unknown one."""
+    model = dp.build_peer("retinanet", K, S, score_threshold=0.0)
+    images, _ = _dataset(_targets())
+    full = dp.peer_detect(model, images, "retinanet", max_detections=10)
+    last = dp.peer_detect(model, images[:1], "retinanet", max_detections=10)
+    three = dp.peer_detect(model, np.concatenate([images, images[:1]]), "retinanet",
+                           max_detections=10)
+    _check_contract(last, 1, 10, score_threshold=0.0)
+    np.testing.assert_allclose(last["scores"].numpy()[0], full["scores"].numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(three["scores"].numpy()[2], full["scores"].numpy()[0], atol=1e-5)
+
+
 @pytest.mark.slow  # keras-hub's keras.ops Hungarian loops take ~1.5 min to trace on 2 cores
 def test_dfine_trains_and_detects():
     detections, raw = _train_and_detect("dfine")
