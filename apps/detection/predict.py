@@ -25,26 +25,10 @@ import tensorflow as tf
 
 from apps.detection.data import tile_windows
 from apps.detection.export import encode_png
-from tfattn.training.cli import run_cli
+from tfattn.training.cli import list_images, run_cli
 from tfattn.training.export import SIGNATURE
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-def list_images(path):
-    """A file, or every image file (by extension) under a folder, sorted."""
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        raise ValueError(f"--images: {path} is neither a file nor a folder")
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-        raise ValueError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files under {path}")
-    return files
 
 
 def _decode(data):

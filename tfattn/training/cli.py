@@ -14,6 +14,7 @@ apps raise with messages that name the path and say what was expected). `TFATTN_
 shows the traceback instead.
 """
 
+import os
 import sys
 
 from tfattn import _env
@@ -47,3 +48,22 @@ def run_cli(main, argv=None, prog=None):
         message = " ".join(str(err).split()) or type(err).__name__  # one line
         print(f"{prog or _prog(main)}: error: {message}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def list_images(path):
+    """A file, or every image file (by extension) under a folder, sorted (the `--images`
+    argument of the apps' predict commands)."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise ValueError(f"--images: {path} is neither a file nor a folder")
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        raise ValueError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} files under {path}")
+    return files
