@@ -12,6 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ("tfattn", "keras", "keras_hub")
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("test_benchmarks")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results" / "attention.json"

@@ -21,7 +21,8 @@ HEADLINE = ("map", "ap50", "detr_map", "dense_map", "keras_hub_retinanet_map",
 METRICS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 RUN = ("dense", "detr", "retinanet")
 
-pytestmark = pytest.mark.slow  # ~3 min: three tiny trainings, two exports, COCO evaluations
+# ~3 min: three tiny trainings, two exports, COCO evaluations; one worker runs the module (its fixture is built once).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_benchmarks_detection")]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ HEADLINE = ("weather_mae_tfattn", "weather_mae_seasonal_naive", "weather_mae_dli
             "weather_mae_best_statistical", "stock_mase_h1", "stock_direction_accuracy_h1",
             "stock_direction_p_value_h1", "stock_p10_p90_coverage")
 
-pytestmark = pytest.mark.slow  # ~45 s: four tiny trainings and exports
+# ~45 s: four tiny trainings and exports; one worker runs the module (its fixture is built once).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_benchmarks_forecast")]
 
 
 @pytest.fixture(scope="module")

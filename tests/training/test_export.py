@@ -35,6 +35,10 @@ def _digits_model(input_name="image", hidden_dim=32):
     return keras.Model(inputs, outputs)
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("training_test_export")
+
+
 @pytest.fixture(scope="module")
 def digits():
     data = load_digits()

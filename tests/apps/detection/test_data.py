@@ -30,6 +30,10 @@ def _generate(out, *extra):
     return gen.generate(gen.parse_args(["--out", str(out)] + TINY + list(extra)), log=lambda m: None)
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("apps_detection_test_data")
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes") / "tiny"

@@ -66,6 +66,10 @@ def _synthetic(n=24 * 14, seed=0):
 HORIZON = 6
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("apps_forecast_test_baselines")
+
+
 @pytest.fixture(scope="module")
 def backtest():
     y = _synthetic()

@@ -46,6 +46,10 @@ def _build(out, *extra):
     return result.stdout
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("apps_speech_test_data")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     assert shutil.which("espeak-ng") and shutil.which("festival"), (

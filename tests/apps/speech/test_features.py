@@ -41,6 +41,10 @@ def _pad(clips, extra=37):
     return wave, lengths
 
 
+# One worker runs the module, so its module-scoped fixture is built once under xdist.
+pytestmark = pytest.mark.xdist_group("apps_speech_test_features")
+
+
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     """Real (synthesised) speech at 16 kHz: three espeak-ng utterances with different voices
