@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from apps.detection.pipeline import decode_image, letterbox_tf
+from apps.detection.postprocess import DEFAULT_SCORE_THRESHOLD
 from tfattn import training
 
 META_FILE = "detection_meta.json"
@@ -103,6 +104,60 @@ def encode_png(image):
     return tf.io.encode_png(np.asarray(image, np.uint8)).numpy()
 
 
+def detections_compare(score_threshold, tie=1e-4):
+    """`verify_export`'s `compare` for detection outputs, which elementwise tolerance
+    cannot judge: two detections whose scores agree to the last bits (an untrained model
+    has many) can come out of NMS in either order, and the one kept first suppresses its
+    overlapping rival, so everything after such a tie may legitimately differ between the
+    Python model and the SavedModel (other kernels, other batch sizes).
+
+    Per image: the top score always matches; the rows before the first near-tie (scores
+    within `tie` of a neighbour) match in score, box, class and name; the counts match
+    unless a tie came first or a score sits within `tie` of `score_threshold`.
+    Returns the max abs diff per output over the rows compared.
+    """
+
+    def compare(got, want, atol, rtol):
+        diffs = dict.fromkeys(want, 0.0)
+
+        def check(key, a, b, close=True):
+            if close:
+                diff = float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
+                                    initial=0.0))
+                ok = np.allclose(a, b, atol=atol, rtol=rtol)
+            else:
+                diff, ok = 0.0, np.array_equal(a, b)
+            if not ok:
+                raise AssertionError(f"Exported output {key!r} differs from the model "
+                                     f"(image {i}): {a!r} vs {b!r}.")
+            diffs[key] = max(diffs[key], diff)
+
+        for i in range(len(want["num_detections"])):
+            n_got, n_want = int(got["num_detections"][i]), int(want["num_detections"][i])
+            g, w = got["detection_scores"][i], want["detection_scores"][i]
+            if n_got and n_want:
+                check("detection_scores", g[:1], w[:1])
+            elif n_got or n_want:
+                if max(g[0], w[0]) - score_threshold > tie:
+                    raise AssertionError(f"Exported 'num_detections' {n_got} vs {n_want} (image {i}).")
+                continue
+            tied = np.flatnonzero(np.diff(w[:n_want]) > -tie)  # rows i, i+1 within tie
+            stable = min(n_got, n_want, tied[0] if len(tied) else n_want)
+            rows = slice(0, stable)
+            check("detection_scores", g[rows], w[rows])
+            check("detection_boxes", got["detection_boxes"][i][rows], want["detection_boxes"][i][rows])
+            check("detection_classes", got["detection_classes"][i][rows],
+                  want["detection_classes"][i][rows], close=False)
+            check("detection_class_names", got["detection_class_names"][i][rows],
+                  want["detection_class_names"][i][rows], close=False)
+            near_threshold = min(g[n_got - 1], w[n_want - 1]) - score_threshold <= tie
+            if n_got != n_want and not len(tied) and not near_threshold:
+                raise AssertionError(f"Exported 'num_detections' {n_got} vs {n_want} (image {i}).")
+        return diffs
+
+    return compare
+
+
 def export_detector(detector, export_dir, name, version, meta, overwrite=False,
                     verify_images=None, score_threshold=None):
     """Writes `<export_dir>/<name>/<version>/` (+ detection_meta.json); returns the report.
@@ -120,7 +175,9 @@ def export_detector(detector, export_dir, name, version, meta, overwrite=False,
     report = training.export_for_serving(
         server, export_dir, name, version,
         input_signature={"images": tf.TensorSpec([None], tf.string, name="images")},
-        preprocess=preprocess, overwrite=overwrite, verify_inputs=verify, save_keras=False)
+        preprocess=preprocess, overwrite=overwrite, verify_inputs=verify, save_keras=False,
+        compare=detections_compare(DEFAULT_SCORE_THRESHOLD[detector.head] if score_threshold is None
+                                   else score_threshold))
     training.write_json(os.path.join(report["path"], META_FILE), meta)
     return report
 

@@ -93,7 +93,12 @@ def _zero_padding(boxes, scores, classes, num_detections):
     }
 
 
-def postprocess_detr(outputs, max_detections=100, score_threshold=0.0):
+# A head's score threshold when none is given (`Detector.detect(score_threshold=None)`).
+DEFAULT_SCORE_THRESHOLD = {"detr": 0.0, "dense": 0.05}
+
+
+def postprocess_detr(outputs, max_detections=100,
+                     score_threshold=DEFAULT_SCORE_THRESHOLD["detr"]):
     """DETR head outputs -> the top `max_detections` queries as detections.
 
     Args:
@@ -130,7 +135,8 @@ def postprocess_detr(outputs, max_detections=100, score_threshold=0.0):
 
 
 def postprocess_dense(outputs, image_size, strides=(8, 16, 32), max_detections=100,
-                      score_threshold=0.05, iou_threshold=0.6, pre_nms_top_k=1000):
+                      score_threshold=DEFAULT_SCORE_THRESHOLD["dense"], iou_threshold=0.6,
+                      pre_nms_top_k=1000):
     """Dense (FCOS-style) head outputs -> per-class NMS detections.
 
     Args:
