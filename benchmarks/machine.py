@@ -2,9 +2,9 @@
 
 import os
 import platform
+import sys
 
 import psutil
-import tensorflow as tf
 
 
 def load_average():
@@ -27,5 +27,17 @@ def machine_info():
         "cpu_model": model,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_start": load_average(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "gpus": _gpus(),
     }
+
+
+def _gpus():
+    """Accelerators the process sees: JAX's in a JAX process (the GPU machines carry no
+    TensorFlow), else TensorFlow's."""
+    if "jax" in sys.modules or os.environ.get("KERAS_BACKEND") == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform != "cpu"]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_physical_devices("GPU")]

@@ -19,7 +19,7 @@ def fused_by_default():
     """Whether `use_fused=None` picks `keras.ops.dot_product_attention`.
 
     Only on JAX with a GPU/TPU (cuDNN / flash kernels). On CPU the fused call was slower
-    than the explicit path (JAX CPU: 0.55x at length 1024, `benchmarks/attention_jax.py`),
+    than the explicit path (JAX CPU: 0.70x at length 1024, `benchmarks/attention_jax.py`),
     and TensorFlow has no flash kernel (keras-hub#2014 reports it slower than einsum).
     """
     if keras.backend.backend() != "jax":
@@ -73,9 +73,28 @@ def random_uniform(shape, seed_generator):
     return keras.random.uniform(shape, seed=seed_generator)
 
 
+def keep_mask(shape, rate, seed_generator):
+    """Bool mask of `shape`, True with probability `1 - rate` (dropout's kept entries).
+
+    On JAX each 32-bit threefry word gives two 16-bit uniforms (the rate resolved to
+    2^-16): half the random-number work, which was ~25% of a training step with
+    attention dropout at length 1024 on CPU (benchmarks/attention_jax.py). Elsewhere
+    `random_uniform(shape) >= rate`.
+    """
+    if keras.backend.backend() != "jax" or any(not isinstance(d, int) for d in shape):
+        return ops.greater_equal(random_uniform(shape, seed_generator), rate)
+    import jax
+    import jax.numpy as jnp
+
+    size = math.prod(shape)
+    bits = jax.random.bits(seed_generator.next(), ((size + 1) // 2,), jnp.uint32)
+    halves = jnp.concatenate([bits & 0xFFFF, bits >> 16])[:size]
+    return ops.reshape(halves >= jnp.uint32(round(rate * 65536)), shape)
+
+
 def dropout(x, rate, seed_generator):
-    """Inverted dropout using `random_uniform`; `rate` is a Python float in [0, 1)."""
-    keep = ops.greater_equal(random_uniform(ops.shape(x), seed_generator), rate)
+    """Inverted dropout using `keep_mask`; `rate` is a Python float in [0, 1)."""
+    keep = keep_mask(tuple(ops.shape(x)), rate, seed_generator)
     return ops.where(keep, x / ops.cast(1.0 - rate, x.dtype), ops.zeros_like(x))
 
 

@@ -561,27 +561,51 @@ class MultiHeadAttention(keras.layers.Layer):
         )
 
     def _fused_projection(self, x, denses):
-        """`x` through several of the q/(gate)/k/v projections as one matmul.
+        """`x` through several of the q/(gate)/k/v projections, each as a 2-D GEMM.
 
-        The kernels are laid side by side, so the weights (and their format) stay those of
-        the separate projections; the forward and backward passes run one GEMM instead of
-        one per projection. Returns one `(batch, T, heads, size)` tensor per dense, before
-        any activation.
+        On TensorFlow the kernels are laid side by side, so one GEMM serves them all (the
+        weights and their format stay those of the separate projections); on JAX each
+        projection is its own GEMM, which XLA's CPU backend ran faster than the
+        concatenated kernel and its split (`benchmarks/attention_jax.py`). Returns one
+        `(batch, T, heads, size)` tensor per dense, before any activation.
         """
+        length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+        if keras.backend.backend() == "jax":
+            return tuple(
+                ops.reshape(
+                    _gemm(x, ops.reshape(d.kernel, (d.kernel.shape[0], -1)),
+                          ops.reshape(d.bias, (-1,)) if self.use_bias else None),
+                    (-1, length, self.num_heads, d.kernel.shape[-1]),
+                )
+                for d in denses
+            )
         kernel = ops.concatenate(
             [ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in denses], -1
         )
-        y = ops.matmul(x, ops.cast(kernel, x.dtype))  # (batch, T, heads * sum of sizes)
+        bias = None
         if self.use_bias:
             bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in denses], 0)
-            y = y + ops.cast(bias, y.dtype)
+        y = _gemm(x, kernel, bias)  # (batch, T, heads * sum of sizes)
         sizes = [d.kernel.shape[-1] for d in denses]
         splits = list(itertools.accumulate(self.num_heads * size for size in sizes))[:-1]
-        length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
         return tuple(
             ops.reshape(t, (-1, length, self.num_heads, size))
             for t, size in zip(ops.split(y, splits, axis=-1), sizes)
         )
+
+    def _output_projection(self, x):
+        """`output_dense` on `(batch, T, heads, value_dim)`: a 2-D GEMM over the flattened
+        heads when the sublayer is plain (no LoRA, not quantised), else the sublayer."""
+        dense = self.output_dense
+        if not self._can_fuse_projections([dense]):
+            return dense(x)
+        out_dims = tuple(dense.kernel.shape[2:])
+        kernel = ops.reshape(dense.kernel, (self.num_heads * self.value_dim, -1))
+        bias = ops.reshape(dense.bias, (-1,)) if self.use_bias else None
+        batch = ops.shape(x)[0]
+        length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+        y = _gemm(ops.reshape(x, (batch, length, self.num_heads * self.value_dim)), kernel, bias)
+        return ops.reshape(y, (batch, length, *out_dims))
 
     def _project(self, query, key, value, self_attention, shared_key_value, masked):
         """q, k, v `(batch, T|S, heads, size)` and the gate `(batch, T, heads, value_dim)` or None.
@@ -764,7 +788,7 @@ class MultiHeadAttention(keras.layers.Layer):
             out, weights = out  # weights: (batch', heads, T', S')
         if gate is not None:
             out = out * gate  # (batch', T', heads, value_dim)
-        out = self.output_dense(out)  # (batch', T', *output_shape)
+        out = self._output_projection(out)  # (batch', T', *output_shape)
         out = query_layout.from_sequences(out, out_shape, out.shape[2:])
         if not return_attention_scores:
             return out
@@ -812,6 +836,20 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+def _gemm(x, kernel, bias=None):
+    """`x (batch, T, d) @ kernel (d, n) + bias` as one 2-D matmul -> `(batch, T, n)`.
+
+    XLA's CPU backend ran the 3-D matmul (a broadcast batch matmul) ~20% slower than the
+    same product on `(batch * T, d)` (benchmarks/attention_jax.py, JAX 0.10, 2 cores).
+    """
+    batch = ops.shape(x)[0]
+    length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+    y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), ops.cast(kernel, x.dtype))
+    if bias is not None:
+        y = y + ops.cast(bias, y.dtype)
+    return ops.reshape(y, (batch, length, kernel.shape[-1]))
 
 
 def _without_keras_mask(x):
