@@ -1,5 +1,6 @@
-"""Smoke tests: `benchmarks/attention.py --quick` and `benchmarks/vit.py --quick` (and its
-`--quality` part on the `test` preset) run end to end and write the documented JSON."""
+"""Smoke tests: `benchmarks/attention.py --quick`, `benchmarks/attention_jax.py --quick` and
+`benchmarks/vit.py --quick` (and its `--quality` part on the `test` preset) run end to end
+and write the documented JSON."""
 
 import json
 import os
@@ -69,6 +70,39 @@ def test_quick_prints_markdown_table(quick_run):
     rows = [ln for ln in stdout.splitlines() if ln.startswith("| ")]
     assert rows[0].startswith("| length | batch | scores | dropout | XLA | tfattn ms")
     assert len(rows) == 1 + len(info["results"])  # header + one row per cell
+
+
+# --- benchmarks/attention_jax.py ----------------------------------------------------------------
+
+
+def test_attention_jax_quick_json_and_table(tmp_path):
+    out = tmp_path / "attention_jax.json"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "attention_jax.py"), "--quick",
+         "--cells", "plain,dropout", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(out.read_text())
+    assert info["benchmark"] == "attention_jax" and info["date"] and info["device"]
+    assert {"platform", "cpu_count", "cpu_model", "load_average_end"} <= set(info["machine"])
+    assert set(info["versions"]) == {"jax", "keras"} and info["settings"]["runs"] == 3
+    assert [(r["cell"], r["length"]) for r in info["results"]] == [("plain", 64), ("dropout", 64)]
+    plain, dropout = info["results"]
+    assert plain["tfattn_default"] == "explicit"  # a JAX CPU: the explicit kernel
+    assert plain["tfattn_fused_ms"] > 0 and "tfattn_fused_ms" not in dropout  # other kernel: plain only
+    for row in info["results"]:
+        assert row["keras_ms"] > 0 and row["tfattn_ms"] > 0
+        assert row["ratio_keras_over_tfattn"] == pytest.approx(row["keras_ms"] / row["tfattn_ms"], rel=1e-2)
+        assert row["meets_target"] == (row["ratio_keras_over_tfattn"] >= 1.0)
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| cell | input | keras ms | tfattn ms") and len(table) == 3
+    bad = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "attention_jax.py"), "--cells", "plain,flash"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "--cells: unknown ['flash']" in bad.stderr
 
 
 # --- benchmarks/vit.py ------------------------------------------------------------------------
