@@ -84,6 +84,9 @@ class Config(AppConfig):
         None, "detr: encoder blocks over the memory; none: default"
     )
     dropout_rate: float | None = config_field(None, "dropout; none: default")
+    two_stage: bool | None = config_field(
+        None, "detr: queries start at the encoder's top proposals (two-stage); none: default (off)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -173,7 +176,7 @@ PRESETS = {
     "scenes": {"time_budget_minutes": 60.0},
     "scenes_detr": {
         "head": "detr", "time_budget_minutes": 60.0, "learning_rate": 4e-4,
-        "gradient_clip_norm": 0.1, "warmup_epochs": 2.0,
+        "gradient_clip_norm": 0.1, "warmup_epochs": 2.0, "two_stage": True,
     },
     "coco": {
         "data": "tfds:coco/2017", "image_size": 512, "backbone": "vit", "batch_size": 16,

@@ -79,7 +79,8 @@ def detr_loss(targets, outputs, num_classes, no_object_weight=0.1, class_weight=
             [B, M] (-1 = padding slot). Images may have no real box.
         outputs: dict with "logits" [B, Q, K+1] (index K = no-object), "boxes" [B, Q, 4]
             normalised cxcywh, and optionally "aux_logits" [L-1, B, Q, K+1] and
-            "aux_boxes" [L-1, B, Q, 4] of the intermediate decoder layers.
+            "aux_boxes" [L-1, B, Q, 4] of the intermediate decoder layers, and
+            "enc_logits"/"enc_boxes" of two-stage proposals (one more set loss term).
         num_classes: K.
         no_object_weight: cross-entropy weight of the no-object class (DETR's eos_coef).
         class_weight, l1_weight, giou_weight: weights of the terms, in the matching cost
@@ -106,6 +107,8 @@ def detr_loss(targets, outputs, num_classes, no_object_weight=0.1, class_weight=
             raise ValueError("`outputs['aux_logits']` needs a static number of layers (axis 0)")
         for i in range(aux_logits.shape[0]):
             total += _detr_layer_loss(targets, aux_logits[i], aux_boxes[i], *layer)[0]
+    if "enc_logits" in outputs:  # two-stage proposals: the same set loss over memory tokens
+        total += _detr_layer_loss(targets, outputs["enc_logits"], outputs["enc_boxes"], *layer)[0]
     return {"loss": total, "class_loss": class_loss, "l1_loss": l1_loss,
             "giou_loss": giou_loss}
 

@@ -50,6 +50,10 @@ What makes the DETR head converge in a CPU budget (DETR itself needs 500 epochs 
     - content and position kept apart (Conditional DETR, Meng et al. 2021): the
       position is added to each block's input and subtracted from its output, so it
       steers the attention of every layer without accumulating in the residual stream.
+    - optional two-stage queries (`two_stage=True`; Deformable DETR's two-stage variant,
+      DINO's mixed query selection): each memory token proposes a class and a box around
+      its cell, trained with the same set loss; the decoder's reference boxes start at the
+      top-Q proposals, so queries begin on likely objects rather than on a fixed layout.
 Left out: denoising queries (DN-DETR, Li et al. 2022; they need the targets inside the
 forward pass), DAB-DETR's width/height-modulated cross-attention and Conditional DETR's
 concatenated spatial query (both need a custom attention; tfattn's decoder block takes
@@ -93,7 +97,7 @@ DEFAULTS = {
                   attention_reduction=8, attention_kernel_size=7),
     "detr": dict(hidden_dim=128, num_heads=4, intermediate_dim=256, dropout_rate=0.1,
                  num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
-                 memory_stride=16, prior_probability=None),
+                 memory_stride=16, prior_probability=None, two_stage=False),
 }
 BACKBONE_DEFAULTS = {
     "cnn": dict(backbone_widths=(32, 64, 128, 256), activation="silu"),
@@ -102,7 +106,7 @@ BACKBONE_DEFAULTS = {
 }
 # The hyperparameters the training CLI exposes (apps/detection/config.py fields).
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
-                 "num_decoder_layers", "dropout_rate")
+                 "num_decoder_layers", "dropout_rate", "two_stage")
 
 
 def _upsample2x(x):
@@ -417,6 +421,12 @@ class DETRHead(keras.layers.Layer):
         num_encoder_layers: encoder blocks over the memory (0 = none).
         num_decoder_layers: L decoder blocks.
         prior_probability: initial probability of each object class (None: zero bias).
+        two_stage: every memory token also predicts a class and a box (a proposal around
+            its grid cell, trained with the same set loss as the decoder); the decoder's
+            reference boxes start at the top-Q proposals (detached) instead of the learned
+            anchors (Deformable DETR's two-stage variant, Zhu et al. 2021; DINO's "mixed
+            query selection", Zhang et al. 2023: boxes selected, content queries learned).
+            Where the memory has fewer than Q tokens the rest keep their learned anchors.
 
     Call arguments:
         features: the memory level `(B, h, w, hidden_dim)`.
@@ -425,12 +435,13 @@ class DETRHead(keras.layers.Layer):
 
     Returns:
         dict "logits" `(B, Q, K+1)`, "boxes" `(B, Q, 4)` cxcywh in (0, 1), and for L > 1
-        "aux_logits" `(L-1, B, Q, K+1)`, "aux_boxes" `(L-1, B, Q, 4)`; float32.
+        "aux_logits" `(L-1, B, Q, K+1)`, "aux_boxes" `(L-1, B, Q, 4)`; with `two_stage`
+        also "enc_logits" `(B, h*w, K+1)` and "enc_boxes" `(B, h*w, 4)`; float32.
     """
 
     def __init__(self, num_classes, hidden_dim=128, num_heads=4, intermediate_dim=256,
                  dropout_rate=0.0, num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
-                 prior_probability=None, **kwargs):
+                 prior_probability=None, two_stage=False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
@@ -441,6 +452,7 @@ class DETRHead(keras.layers.Layer):
         self.num_encoder_layers = num_encoder_layers
         self.num_decoder_layers = num_decoder_layers
         self.prior_probability = prior_probability
+        self.two_stage = bool(two_stage)
 
     def build(self, features_shape):
         dim, block_args = self.hidden_dim, (self.num_heads, self.intermediate_dim)
@@ -467,11 +479,35 @@ class DETRHead(keras.layers.Layer):
             name="reference_logits", shape=(self.num_queries, 4), initializer="zeros")
         anchors = anchor_boxes(self.num_queries)
         self.reference_logits.assign(np.log(anchors / (1.0 - anchors)))
+        if self.two_stage:
+            self.proposal_norm = keras.layers.LayerNormalization(epsilon=1e-6,
+                                                                 name="proposal_norm")
+            self.proposal_class = keras.layers.Dense(self.num_classes + 1, name="proposal_class")
+            self.proposal_box = [keras.layers.Dense(dim, activation="relu", name="proposal_hidden"),
+                                 keras.layers.Dense(4, kernel_initializer="zeros",
+                                                    name="proposal_box")]
         _build_sublayers(self, features_shape)
         if self.prior_probability is not None:
             bias = np.full((self.num_classes + 1,), prior_bias(self.prior_probability), "float32")
             bias[-1] = 0.0  # no-object
             self.class_head.bias.assign(bias)
+            if self.two_stage:
+                self.proposal_class.bias.assign(bias)
+
+    def _proposals(self, memory, grid):
+        """Per memory token: logits `(B, hw, K+1)` and a box `(B, hw, 4)` refined from
+        the token's cell anchor (centre of the cell, two cells wide)."""
+        h, w = grid
+        ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+        cells = np.stack([xs.ravel(), ys.ravel(), np.full(h * w, min(2.0 / w, 0.9)),
+                          np.full(h * w, min(2.0 / h, 0.9))], -1).astype("float32")
+        x = self.proposal_norm(memory)
+        logits = self.proposal_class(x)
+        delta = x
+        for dense in self.proposal_box:
+            delta = dense(delta)
+        boxes = ops.sigmoid(ops.cast(delta, "float32") + inverse_sigmoid(ops.convert_to_tensor(cells)))
+        return ops.cast(logits, "float32"), boxes
 
     def _heads(self, x, reference):
         """Shared heads on one layer's output: logits, boxes refined from `reference`."""
@@ -490,8 +526,11 @@ class DETRHead(keras.layers.Layer):
         memory = ops.reshape(features + positions, (-1, grid[0] * grid[1], dim))  # (B, hw, D)
         for block in self.encoder:
             memory = block(memory, training=training)
+        memory = self.memory_norm(memory)
+        if self.two_stage:
+            enc_logits, enc_boxes = self._proposals(memory, grid)
         # Positions again after the encoder: the keys of every decoder layer see them.
-        memory = self.memory_norm(memory) + ops.reshape(positions, (-1, grid[0] * grid[1], dim))
+        memory = memory + ops.reshape(positions, (-1, grid[0] * grid[1], dim))
 
         batch = ops.shape(memory)[0]
         content = ops.broadcast_to(ops.cast(self.query_embeddings, memory.dtype)[None],
@@ -499,6 +538,14 @@ class DETRHead(keras.layers.Layer):
         # Anchors (B, Q, 4); their gradient reaches the weights through layer 0 only.
         reference = ops.broadcast_to(ops.sigmoid(self.reference_logits)[None],
                                      (batch, self.num_queries, 4))
+        if self.two_stage:
+            # The most confident proposals (object probability = 1 - no-object) become the
+            # first references, detached as in Deformable DETR's two-stage variant.
+            chosen = min(self.num_queries, grid[0] * grid[1])
+            objectness = 1.0 - ops.softmax(enc_logits, axis=-1)[..., -1]  # (B, hw)
+            _, top = ops.top_k(ops.stop_gradient(objectness), chosen)
+            picked = ops.stop_gradient(ops.take_along_axis(enc_boxes, top[..., None], axis=1))
+            reference = ops.concatenate([picked, reference[:, chosen:]], axis=1)
         all_logits, all_boxes, attention = [], [], None
         for i, block in enumerate(self.decoder):
             query_pos = self.query_position(box_sine_embedding(reference, grid, dim))
@@ -519,6 +566,8 @@ class DETRHead(keras.layers.Layer):
         if len(self.decoder) > 1:
             outputs["aux_logits"] = ops.stack(all_logits[:-1])  # (L-1, B, Q, K+1)
             outputs["aux_boxes"] = ops.stack(all_boxes[:-1])  # (L-1, B, Q, 4)
+        if self.two_stage:
+            outputs["enc_logits"], outputs["enc_boxes"] = enc_logits, enc_boxes
         if return_attention:
             attention = ops.mean(ops.cast(attention, "float32"), axis=1)  # (B, Q, hw)
             return outputs, ops.reshape(attention, (-1, self.num_queries, *grid))
@@ -531,7 +580,7 @@ class DETRHead(keras.layers.Layer):
                       dropout_rate=self.dropout_rate, num_queries=self.num_queries,
                       num_encoder_layers=self.num_encoder_layers,
                       num_decoder_layers=self.num_decoder_layers,
-                      prior_probability=self.prior_probability)
+                      prior_probability=self.prior_probability, two_stage=self.two_stage)
         return config
 
 
@@ -659,6 +708,7 @@ class Detector(keras.Model):
         prior_probability: initial object-class probability (both heads; None: zero bias).
         no_object_weight: DETR's cross-entropy weight of the no-object class (the dense
             head ignores it).
+        two_stage: DETR: queries start at the encoder's top proposals (see `DETRHead`).
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -676,7 +726,7 @@ class Detector(keras.Model):
                  position_embedding="learned", num_queries=32, num_encoder_layers=1,
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
-                 **kwargs):
+                 two_stage=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -709,7 +759,7 @@ class Detector(keras.Model):
             memory_stride=memory_stride, num_convs=num_convs,
             attention_reduction=attention_reduction,
             attention_kernel_size=attention_kernel_size, prior_probability=prior_probability,
-            no_object_weight=no_object_weight)
+            no_object_weight=no_object_weight, two_stage=bool(two_stage))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -723,7 +773,8 @@ class Detector(keras.Model):
         if head == "detr":
             self.detection_head = DETRHead(
                 num_classes, hidden_dim, num_heads, intermediate_dim, dropout_rate, num_queries,
-                num_encoder_layers, num_decoder_layers, prior_probability, name="detr_head")
+                num_encoder_layers, num_decoder_layers, prior_probability, two_stage,
+                name="detr_head")
             names = ("class_loss", "l1_loss", "giou_loss")
         else:
             self.detection_head = DenseHead(num_classes, hidden_dim, num_convs,

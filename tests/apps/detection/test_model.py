@@ -209,3 +209,32 @@ def test_bad_arguments_name_what_was_expected():
         det.Detector(K, image_size=100)
     with pytest.raises(ValueError, match="`images` must have shape"):
         _build("dense")(np.zeros((1, 32, 32, 3), "float32"))
+
+
+def test_two_stage_queries_start_at_the_top_proposals():
+    from apps.detection import losses
+
+    model = _build("detr", two_stage=True, num_queries=20)  # 64 px / 16 = 16 tokens < 20
+    images, targets = _scenes(2)
+    out = model(images)
+    assert out["enc_logits"].shape == (2, 16, K + 1) and out["enc_boxes"].shape == (2, 16, 4)
+    head = model.detection_head
+    # Layer 0's references: the 16 most object-like proposals, then 4 learned anchors.
+    objectness = 1.0 - tf.nn.softmax(out["enc_logits"])[..., -1].numpy()
+    order = np.argsort(-objectness, axis=1, kind="stable")
+    expected = np.take_along_axis(out["enc_boxes"].numpy(), order[..., None], axis=1)
+    anchors = tf.sigmoid(head.reference_logits).numpy()[16:]
+    # The box output starts at zero, so an untrained layer 0 returns its references.
+    first = out["aux_boxes"][0].numpy()
+    np.testing.assert_allclose(np.sort(first[:, :16], axis=1), np.sort(expected, axis=1), atol=1e-5)
+    np.testing.assert_allclose(first[:, 16:], np.broadcast_to(anchors, (2, 4, 4)), atol=1e-5)
+    # Proposals start at their cells' anchors: centres on the 4x4 grid.
+    np.testing.assert_allclose(np.sort(np.unique(np.round(out["enc_boxes"][0, :, 0], 4))),
+                               (np.arange(4) + 0.5) / 4, atol=1e-4)
+    # The set loss gains the proposals' term, and the config round-trips the flag.
+    with_enc = losses.detr_loss(targets, out, K)["loss"]
+    without = losses.detr_loss(targets, {k: v for k, v in out.items()
+                                         if not k.startswith("enc_")}, K)["loss"]
+    assert float(with_enc) > float(without)
+    clone = det.Detector.from_config(model.get_config())
+    assert clone.detection_head.two_stage and clone.hparams["two_stage"] is True
