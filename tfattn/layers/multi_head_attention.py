@@ -570,28 +570,22 @@ class MultiHeadAttention(keras.layers.Layer):
         `(batch, T, heads, size)` tensor per dense, before any activation.
         """
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        if keras.backend.backend() == "jax":
-            return tuple(
-                ops.reshape(
-                    _gemm(x, ops.reshape(d.kernel, (d.kernel.shape[0], -1)),
-                          ops.reshape(d.bias, (-1,)) if self.use_bias else None),
-                    (-1, length, self.num_heads, d.kernel.shape[-1]),
-                )
-                for d in denses
+        groups = [[d] for d in denses] if keras.backend.backend() == "jax" else [denses]
+        outputs = []
+        for group in groups:
+            kernel = ops.concatenate(
+                [ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in group], -1
             )
-        kernel = ops.concatenate(
-            [ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in denses], -1
-        )
-        bias = None
-        if self.use_bias:
-            bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in denses], 0)
-        y = _gemm(x, kernel, bias)  # (batch, T, heads * sum of sizes)
-        sizes = [d.kernel.shape[-1] for d in denses]
-        splits = list(itertools.accumulate(self.num_heads * size for size in sizes))[:-1]
-        return tuple(
-            ops.reshape(t, (-1, length, self.num_heads, size))
-            for t, size in zip(ops.split(y, splits, axis=-1), sizes)
-        )
+            bias = None
+            if self.use_bias:
+                bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in group], 0)
+            y = _gemm(x, kernel, bias)  # (batch, T, heads * sum of sizes)
+            sizes = [d.kernel.shape[-1] for d in group]
+            splits = list(itertools.accumulate(self.num_heads * size for size in sizes))[:-1]
+            parts = ops.split(y, splits, axis=-1) if splits else [y]
+            outputs += [ops.reshape(t, (-1, length, self.num_heads, size))
+                        for t, size in zip(parts, sizes)]
+        return tuple(outputs)
 
     def _output_projection(self, x):
         """`output_dense` on `(batch, T, heads, value_dim)`: a 2-D GEMM over the flattened
