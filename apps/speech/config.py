@@ -35,7 +35,8 @@ Monitor = Literal["val_cer", "val_wer", "val_loss"]
 # keeps the architecture's default, apps/speech/model.py DEFAULTS).
 MODEL_HPARAMS = ("hidden_dim", "num_layers", "num_heads", "intermediate_dim",
                  "conv_kernel_size", "dropout_rate", "attention_dropout_rate", "drop_path_rate",
-                 "rnn_units", "conv_filters", "subsampling_filters")
+                 "rnn_units", "conv_filters", "subsampling_filters", "time_reduction",
+                 "conv_norm")
 
 
 @dataclasses.dataclass
@@ -109,6 +110,13 @@ class Config(AppConfig):
     subsampling_filters: int | None = config_field(
         None, "conformer/transformer: channels of the subsampling convolutions; none: hidden_dim"
     )
+    time_reduction: int | None = config_field(
+        None, "conformer/transformer: subsampling stride over time, 4 (40 ms frames) or 2 "
+        "(20 ms); none: default (4)"
+    )
+    conv_norm: Literal["layer_norm", "batch_norm"] | None = config_field(
+        None, "conformer: norm in the convolution module; none: default (layer_norm)"
+    )
 
     # Decoding
     decoder: Decoder = config_field(
@@ -181,6 +189,8 @@ class Config(AppConfig):
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0; got {self.learning_rate}.")
+        if self.time_reduction not in (None, 2, 4):
+            raise ValueError(f"`time_reduction` must be 2 or 4; got {self.time_reduction}.")
         if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
             raise ValueError(f"`conv_kernel_size` must be odd; got {self.conv_kernel_size}.")
 

@@ -4,7 +4,7 @@
       -> LogMelSpectrogram (in the graph; normalised per utterance)   (B, T, n_mels)
       -> SpecAugment (training only)
       -> encoder, by `architecture`:
-           "conformer"     ConvSubsampling (x4 in time) + ConformerBlock x N (Gulati et
+           "conformer"     ConvSubsampling (x4 or x2 in time) + ConformerBlock x N (Gulati et
                            al. 2020; relative-position attention bias + depthwise conv)
            "transformer"   ConvSubsampling + sinusoidal positions + TransformerEncoderBlock x N
            "ctc_baseline"  the keras.io "CTC ASR" recipe (2-D conv x2, bidirectional GRU
@@ -39,10 +39,11 @@ PADDED_LOGIT = -1e4  # non-blank logits of padded frames: exp(-1e4) underflows t
 DEFAULTS = {
     "conformer": dict(hidden_dim=144, num_layers=4, num_heads=4, intermediate_dim=576,
                       conv_kernel_size=15, dropout_rate=0.1, attention_dropout_rate=0.0,
-                      drop_path_rate=0.05, subsampling_filters=None),
+                      drop_path_rate=0.05, subsampling_filters=None, time_reduction=4,
+                      conv_norm="layer_norm"),
     "transformer": dict(hidden_dim=144, num_layers=4, num_heads=4, intermediate_dim=576,
                         dropout_rate=0.1, attention_dropout_rate=0.0, drop_path_rate=0.05,
-                        subsampling_filters=None),
+                        subsampling_filters=None, time_reduction=4),
     # keras.io uses 32 conv filters, 5 x BiGRU(512) and Dense(1024): ~26M parameters.
     "ctc_baseline": dict(hidden_dim=256, num_layers=3, rnn_units=192, conv_filters=32,
                          dropout_rate=0.2),
@@ -71,6 +72,10 @@ class SpeechRecognizer(keras.Model):
         subsampling_filters: channels of the two ConvSubsampling convolutions (default
             `hidden_dim`); at width 144 its second convolution is ~60% of the Conformer's
             multiply-adds, so fewer filters buy training steps on a CPU.
+        time_reduction: ConvSubsampling's stride over time: 4 (40 ms frames, the paper's)
+            or 2 (20 ms frames: more CTC steps per character for fast speech).
+        conv_norm: "layer_norm" or "batch_norm" (the paper's) in the Conformer
+            convolution module.
         dropout_rate: dropout inside the encoder.
         seed: dropout / SpecAugment seed.
 
@@ -83,7 +88,8 @@ class SpeechRecognizer(keras.Model):
                  num_layers=4, num_heads=4, intermediate_dim=576, conv_kernel_size=15,
                  dropout_rate=0.1, attention_dropout_rate=0.0, drop_path_rate=0.0,
                  max_relative_position=64, rnn_units=192, conv_filters=32,
-                 subsampling_filters=None, seed=None, **kwargs):
+                 subsampling_filters=None, time_reduction=4, conv_norm="layer_norm", seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -100,7 +106,8 @@ class SpeechRecognizer(keras.Model):
             dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
             drop_path_rate=drop_path_rate, max_relative_position=max_relative_position,
             rnn_units=rnn_units, conv_filters=conv_filters,
-            subsampling_filters=subsampling_filters)
+            subsampling_filters=subsampling_filters, time_reduction=time_reduction,
+            conv_norm=conv_norm)
         self.seed = seed
 
         self.log_mel = LogMelSpectrogram(**self.front_end_config, normalize=True, name="log_mel")
@@ -109,6 +116,7 @@ class SpeechRecognizer(keras.Model):
         self.blocks = []
         if architecture in ("conformer", "transformer"):
             self.subsampling = ConvSubsampling(hidden_dim, filters=subsampling_filters,
+                                               time_reduction=time_reduction,
                                                dropout_rate=dropout_rate, seed=seed,
                                                name="subsampling")
             self.positions = (SinePositionEncoding(name="positions")
@@ -120,8 +128,8 @@ class SpeechRecognizer(keras.Model):
                         hidden_dim, num_heads, intermediate_dim,
                         conv_kernel_size=conv_kernel_size, dropout_rate=dropout_rate,
                         attention_dropout_rate=attention_dropout_rate, drop_path_rate=rate,
-                        max_relative_position=max_relative_position, seed=seed,
-                        name=f"conformer_{i}")
+                        max_relative_position=max_relative_position, conv_norm=conv_norm,
+                        seed=seed, name=f"conformer_{i}")
                 else:
                     block = TransformerEncoderBlock(
                         num_heads, intermediate_dim, dropout_rate=dropout_rate,
@@ -157,7 +165,7 @@ class SpeechRecognizer(keras.Model):
 
     @property
     def time_reduction(self):
-        return 2 if self.architecture == "ctc_baseline" else ConvSubsampling.time_reduction
+        return 2 if self.architecture == "ctc_baseline" else self.subsampling.time_reduction
 
     def feature_lengths(self, waveform_length):
         return self.log_mel.frame_length(ops.cast(waveform_length, "int32"))

@@ -224,20 +224,30 @@ def test_errors_name_the_argument():
 # --- ConvSubsampling ----------------------------------------------------------------------
 
 
-def test_subsampling_output_lengths_match_output_shapes():
-    sub = ConvSubsampling(D, filters=4)
-    assert sub.time_reduction == 4 and sub.min_length == 7
+@pytest.mark.parametrize("reduction", [4, 2])
+def test_subsampling_output_lengths_match_output_shapes(reduction):
+    sub = ConvSubsampling(D, filters=4, time_reduction=reduction)
+    assert sub.time_reduction == reduction and sub.min_length == 7
+    assert ConvSubsampling(D).time_reduction == 4
     lengths = [7, 8, 9, 10, 29]  # every remainder mod 4, from the receptive field on
     for n in lengths:
         out = sub(_normal(1, n, 12))
         assert tuple(out.shape) == (1, sub.output_lengths(n), D), n
-        assert sub.output_lengths(n) == -(-(n - 6) // 4)  # 4t + 6 <= n - 1
+        # Frame t reads inputs Rt .. Rt + 6, so there is one per t with Rt + 6 <= n - 1.
+        assert sub.output_lengths(n) == -(-(n - 6) // reduction)
     assert [sub.output_lengths(n) for n in range(7)] == [0] * 7
     assert _np(sub.output_lengths(np.array(lengths))).tolist() == [sub.output_lengths(n) for n in lengths]
 
 
-def test_subsampling_padding_does_not_leak_and_mask_is_exact():
-    sub = ConvSubsampling(D, filters=4)
+def test_subsampling_rejects_other_time_reductions():
+    for bad in (1, 3, 8, True, "4"):
+        with pytest.raises(ValueError, match="time_reduction"):
+            ConvSubsampling(D, time_reduction=bad)
+
+
+@pytest.mark.parametrize("reduction", [4, 2])
+def test_subsampling_padding_does_not_leak_and_mask_is_exact(reduction):
+    sub = ConvSubsampling(D, filters=4, time_reduction=reduction)
     lengths = [40, 29, 8]
     padding_mask = _lengths_mask(lengths, 40)
     x = _normal(3, 40, 12)

@@ -455,10 +455,13 @@ def _valid_conv_length(length, kernel_size, stride):
 
 @keras.saving.register_keras_serializable(package="tfattn")
 class ConvSubsampling(keras.layers.Layer):
-    """Convolutional front end: two stride-2 Conv2D over (time, feature) + ReLU, then a Dense.
+    """Convolutional front end: two strided Conv2D over (time, feature) + ReLU, then a Dense.
 
-    Reduces time (and features) by 4: `(batch, T, num_features)` -> `(batch, T', hidden_dim)`
-    with `T' = output_lengths(T)`. Both convolutions use 'valid' padding (as ESPnet's
+    Reduces features by 4 and time by `time_reduction` (4: both convolutions stride 2 in
+    time, the paper's 40 ms frames from a 10 ms hop; 2: only the first does, 20 ms frames):
+    `(batch, T, num_features)` -> `(batch, T', hidden_dim)` with `T' = output_lengths(T)`.
+    Character CTC needs at least one frame per label (two for a doubled letter), so fast
+    speech or short words can need the finer frames. Both convolutions use 'valid' padding (as ESPnet's
     `Conv2dSubsampling`), so an output frame within an utterance's output length reads only
     that utterance's valid input frames: padded frames never leak into valid outputs, and
     the Keras mask of a padded batch maps to the exact output mask (`compute_mask`, which
@@ -467,6 +470,7 @@ class ConvSubsampling(keras.layers.Layer):
     Args:
         hidden_dim: output width (the Dense projection's units).
         filters: channels of both convolutions; defaults to `hidden_dim`.
+        time_reduction: 4 (default) or 2, the stride of the whole front end over time.
         kernel_size: size of both (square) convolution kernels (default 3).
         dropout_rate: dropout after the projection.
         kernel_initializer, bias_initializer: for the convolutions and the projection.
@@ -481,7 +485,8 @@ class ConvSubsampling(keras.layers.Layer):
         `(batch, output_lengths(T), hidden_dim)`.
 
     Attributes:
-        time_reduction: 4, the stride of the whole front end over time.
+        time_reduction: the stride of the whole front end over time (4 or 2).
+        min_length: input frames one output frame reads (7 with the default kernel).
 
     Example:
     >>> sub = ConvSubsampling(hidden_dim=144)
@@ -492,8 +497,8 @@ class ConvSubsampling(keras.layers.Layer):
     Speech Recognition", figure 1 ("Convolution Subsampling").
     """
 
-    time_reduction = 4
-    _strides = 2
+    TIME_REDUCTIONS = (2, 4)
+    _strides = 2  # over features, both convolutions
     _num_convs = 2
 
     def __init__(
@@ -501,6 +506,7 @@ class ConvSubsampling(keras.layers.Layer):
         hidden_dim,
         filters=None,
         kernel_size=3,
+        time_reduction=4,
         dropout_rate=0.0,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
@@ -512,9 +518,15 @@ class ConvSubsampling(keras.layers.Layer):
         _check_positive_int("filters", filters, allow_none=True)
         _check_positive_int("kernel_size", kernel_size)
         _check_rate("dropout_rate", dropout_rate)
+        if time_reduction not in self.TIME_REDUCTIONS or isinstance(time_reduction, bool):
+            raise ValueError(
+                f"`time_reduction` must be one of {self.TIME_REDUCTIONS}; got {time_reduction!r}."
+            )
         self.hidden_dim = hidden_dim
         self.filters = filters
         self.kernel_size = kernel_size
+        self.time_reduction = time_reduction
+        self._time_strides = (2, 2) if time_reduction == 4 else (2, 1)
         self.dropout_rate = float(dropout_rate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -524,6 +536,7 @@ class ConvSubsampling(keras.layers.Layer):
     @property
     def min_length(self):
         """Fewest input frames (or features) that give one output frame: the receptive field."""
+        # 1 + (k - 1) * (1 + first stride); the same over time for either time_reduction.
         return self.kernel_size + (self.kernel_size - 1) * self._strides
 
     def output_lengths(self, lengths):
@@ -533,8 +546,8 @@ class ConvSubsampling(keras.layers.Layer):
             lengths = int(lengths)
         else:
             lengths = ops.cast(ops.convert_to_tensor(lengths), "int32")
-        for _ in range(self._num_convs):
-            lengths = _valid_conv_length(lengths, self.kernel_size, self._strides)
+        for stride in self._time_strides:
+            lengths = _valid_conv_length(lengths, self.kernel_size, stride)
         return lengths
 
     def _num_output_features(self, num_features):
@@ -564,13 +577,13 @@ class ConvSubsampling(keras.layers.Layer):
             keras.layers.Conv2D(
                 filters,
                 self.kernel_size,
-                strides=self._strides,
+                strides=(time_stride, self._strides),
                 padding="valid",
                 activation="relu",
                 name=f"conv{i + 1}",
                 **common,
             )
-            for i in range(self._num_convs)
+            for i, time_stride in enumerate(self._time_strides)
         ]
         self.projection = keras.layers.Dense(self.hidden_dim, name="projection", **common)
         shape = (None, None, inputs_shape[-1], 1)
@@ -595,7 +608,9 @@ class ConvSubsampling(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if mask is None:
             return None
-        # Output frame t reads input frames 4t .. 4t + min_length - 1, so with the valid frames
+        # Output frame t reads input frames Rt .. Rt + min_length - 1 (R = time_reduction; for
+        # R = 2 the second conv's stride-1 window spans 3 first-conv frames = 7 inputs, as for
+        # R = 4), so with the valid frames
         # first it is valid iff its last input frame is; slicing keeps the shape static.
         return mask[:, self.min_length - 1 :: self.time_reduction]
 
@@ -611,6 +626,7 @@ class ConvSubsampling(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "filters": self.filters,
                 "kernel_size": self.kernel_size,
+                "time_reduction": self.time_reduction,
                 "dropout_rate": self.dropout_rate,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),

@@ -27,9 +27,19 @@ def _batch(lengths, samples, seed=0):
     return w, n
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_output_lengths_padding_and_serialisation(arch, tmp_path):
-    model = build_model(arch, 12, front_end=dict(n_mels=40), **TINY[arch])
+# 20 ms frames and the paper's BatchNorm (masked moments) in the convolution module: the
+# same exactness (BatchNorm in inference uses its moving statistics, per frame).
+VARIANTS = [(arch, {}) for arch in ARCHITECTURES] + [
+    ("conformer", dict(time_reduction=2, conv_norm="batch_norm")),
+    ("transformer", dict(time_reduction=2)),
+]
+
+
+@pytest.mark.parametrize("arch, extra", VARIANTS,
+                         ids=[a + "".join(f"-{v}" for v in e.values()) for a, e in VARIANTS])
+def test_output_lengths_padding_and_serialisation(arch, extra, tmp_path):
+    model = build_model(arch, 12, front_end=dict(n_mels=40), **TINY[arch], **extra)
+    assert model.time_reduction == extra.get("time_reduction", 2 if arch == "ctc_baseline" else 4)
     w, n = _batch([8000, 5000, 3300], 8000)
     logits = np.asarray(model({"waveform": w, "waveform_length": n}))
     frames = np.asarray(model.output_lengths(tf.constant(n)))
@@ -59,6 +69,7 @@ def test_output_lengths_padding_and_serialisation(arch, tmp_path):
     np.testing.assert_allclose(np.asarray(loaded({"waveform": w, "waveform_length": n})), logits,
                                atol=1e-5)
     assert loaded.architecture == arch and loaded.output_lengths(8000) == frames[0]
+    assert loaded.time_reduction == model.time_reduction
 
 
 def test_min_samples_and_attention_maps():
