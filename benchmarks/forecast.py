@@ -9,7 +9,8 @@ on validation loss with the best weights restored, the SavedModel export), one a
 Weather (`weather_nyc`, hourly temperature, horizon 24 h, test = the last 20% of 2013):
 - trained on JFK: tfattn PatchTST (the recipe below, chosen on the validation split only),
   LSTM + additive attention, Transformer encoder-decoder, DLinear (longer schedule, early
-  stopping) and a ridge regression on the last 168 hours (alpha chosen on validation);
+  stopping), a ridge regression on the last 168 hours of temperature and one on the last
+  24 hours of every channel (covariates and calendar; alphas chosen on validation);
 - naive, seasonal naive (24 h), statsforecast AutoETS / AutoTheta (season 24) and MSTL
   (24 h and 168 h), fitted once before the test period, states updated at every origin;
 - EWR and LGA: the JFK-trained models applied to those stations' windows (scaled with each
@@ -82,6 +83,7 @@ FULL = {
     },
     "statistical": STATISTICAL,
     "ridge_lookback": 168,
+    "ridge_all_lookback": 24,
     "ridge_alphas": (0.1, 1.0, 10.0, 100.0, 1000.0),
     "stations": STATIONS,
     "fit_window": None,
@@ -104,6 +106,7 @@ QUICK = {
     },
     "statistical": ("AutoTheta",),
     "ridge_lookback": 48,
+    "ridge_all_lookback": 12,
     "ridge_alphas": (1.0, 10.0),
     "stations": ("JFK", "EWR"),
     "fit_window": 336,
@@ -149,15 +152,18 @@ def serving_latency_ms(saved_model, data, lookback, horizon, calls):
             "calls": calls}
 
 
-def ridge_forecasts(data, lookback, horizon, alphas, stride):
-    """Ridge regression from the last `lookback` scaled target values to the next `horizon`,
-    fitted on every training window, alpha chosen on the validation MAE; test forecasts in
-    original units at the backtest's origins, and the choice."""
+def ridge_forecasts(data, lookback, horizon, alphas, stride, channels="targets"):
+    """Ridge regression from the last `lookback` scaled target values (`channels="all"`:
+    every input channel, covariates and calendar too) to the next `horizon`, fitted on
+    every training window, alpha chosen on the validation MAE; test forecasts in original
+    units at the backtest's origins, and the choice."""
     from sklearn.linear_model import Ridge
+
+    used = slice(None) if channels == "all" else slice(0, data.num_targets)
 
     def xy(split, step=1):
         w = data.windows(split, lookback, horizon, step)
-        return w, w.past[:, :, : data.num_targets].reshape(len(w.origin), -1), w.future
+        return w, w.past[:, :, used].reshape(len(w.origin), -1), w.future
 
     _, x_train, y_train = xy("train")
     w_val, x_val, y_val = xy("val")
@@ -275,10 +281,15 @@ def run_weather(settings, root):
             presets=PRESETS))
         ridge, ridge_info = ridge_forecasts(data, settings["ridge_lookback"], horizon,
                                             settings["ridge_alphas"], horizon)
+        # The linear bar for models that read covariates: the same ridge on the last
+        # hours of every channel (weather covariates and calendar).
+        ridge_all, ridge_all_info = ridge_forecasts(
+            data, settings["ridge_all_lookback"], horizon, settings["ridge_alphas"], horizon,
+            channels="all")
         start = time.perf_counter()
         # Models with different lookbacks forecast from the same test origins (the split
         # starts long after either lookback); each group runs on its own windows.
-        forecasts, seconds, origins = {"ridge": ridge}, {}, None
+        forecasts, seconds, origins = {"ridge": ridge, "ridge_all": ridge_all}, {}, None
         for lookback in lookbacks:
             group = {k: m for k, m in models.items() if cfgs[k].lookback == lookback}
             r = backtest(data, lookback, horizon, group, baselines=())
@@ -297,10 +308,13 @@ def run_weather(settings, root):
             "test_start": str(result["raw"].future_times[0, 0]),
             "backtest_seconds": {k: round(v, 2) for k, v in {**seconds, **result["seconds"]}.items()},
             "ridge": ridge_info,
+            "ridge_all": ridge_all_info,
             "models": {k: model_metrics(m) for k, m in result["metrics"].items()},
         }
         if station == "JFK":
             part["models"]["ridge"] = {k: ridge_info[k] for k in ("train_seconds", "parameters")}
+            part["models"]["ridge_all"] = {k: ridge_all_info[k]
+                                           for k in ("train_seconds", "parameters")}
             data_jfk = data
         print(f"  {station}: backtest of {len(result['metrics'])} models in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -315,12 +329,14 @@ def run_weather(settings, root):
 def run_stock(settings, root):
     part = {"models": {}, "horizons": {}, "recipe": {}}
     for h in settings["stock_horizons"]:
-        models, data, cfg = {}, None, None
+        models, band_scales, data, cfg = {}, {}, None, None
         for revin in (True, False):
             name = f"patchtst_revin_{'on' if revin else 'off'}"
             args = [*settings["stock_base"], "--horizon", str(h), "--revin", str(revin).lower()]
             cfg, summary, model = train_model(args, os.path.join(root, f"stock_h{h}_{name}"))
             models[name] = model
+            if "band_scale" in summary:  # the conformal factors training fitted on validation
+                band_scales[name] = np.asarray(summary["band_scale"])
             part["recipe"][f"h{h}_{name}"] = " ".join(args)
             part["models"][f"h{h}_{name}"] = {
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs_run"],
@@ -330,7 +346,8 @@ def run_stock(settings, root):
             print(f"  h={h} {name}: {summary['epochs_run']} epochs, "
                   f"{summary['train_seconds']:.0f} s", flush=True)
         data = load_data(cfg)
-        result = backtest(data, cfg.lookback, h, models, cfg.quantiles, baselines=("naive",))
+        result = backtest(data, cfg.lookback, h, models, cfg.quantiles, baselines=("naive",),
+                          band_scales=band_scales)
         raw = result["raw"]
         up = raw.future_targets > raw.last_targets[:, None, :]
         part["horizons"][str(h)] = {
@@ -359,6 +376,7 @@ def headline(info):
         out["weather_mae_best_statistical"] = jfk[best]["mae"]
         out["weather_best_statistical_model"] = best
         out["weather_mae_ridge"] = jfk["ridge"]["mae"]
+        out["weather_mae_ridge_all_channels"] = jfk["ridge_all"]["mae"]
         out["weather_targets"] = {
             "patchtst_le_0.95_dlinear": jfk["patchtst"]["mae"] <= 0.95 * jfk["dlinear"]["mae"],
             "patchtst_below_best_statistical": jfk["patchtst"]["mae"] < jfk[best]["mae"],

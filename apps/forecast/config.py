@@ -46,7 +46,8 @@ TargetTransform = Literal["auto", "none", "log_return"]
 MODEL_HPARAMS = (
     "patch_len", "patch_stride", "hidden_dim", "num_heads", "intermediate_dim", "num_layers",
     "num_decoder_layers", "units", "attention_dim", "kernel_size", "individual", "channels",
-    "channel_mixing", "revin", "dropout_rate", "attention_dropout_rate", "head_dropout_rate",
+    "channel_mixing", "covariate_lookback", "revin", "dropout_rate", "attention_dropout_rate",
+    "head_dropout_rate",
 )
 
 
@@ -120,6 +121,11 @@ class Config(AppConfig):
     quantiles: tuple[float, ...] | None = config_field(
         None, "quantile levels to forecast, e.g. 0.1,0.5,0.9 (pinball loss); none: a point forecast"
     )
+    calibrate_quantiles: bool = config_field(
+        True, "quantile models: scale the band's width per horizon step so that it covers its "
+        "nominal share of the validation outcomes (split conformal; applied in evaluation "
+        "and the export)"
+    )
     loss: Loss = config_field("mse", "point-forecast loss on the scaled targets")
     patch_len: int | None = config_field(None, "patchtst/transformer: steps per patch; none: model default")
     patch_stride: int | None = config_field(None, "patchtst: steps between patch starts; none: model default")
@@ -143,6 +149,10 @@ class Config(AppConfig):
     )
     channel_mixing: bool | None = config_field(
         None, "patchtst: attention across channels after each block (needs channels all)"
+    )
+    covariate_lookback: int | None = config_field(
+        None, "patchtst: add a linear forecast from the last N steps of every channel "
+        "(covariates, calendar) to the targets' forecast; none: model default (off)"
     )
     revin: bool | None = config_field(None, "reversible instance normalisation; none: model default")
     dropout_rate: float | None = config_field(None, "dropout; none: model default")

@@ -90,9 +90,10 @@ def default_seasonal_periods(freq):
     return (default_season(freq),)
 
 
-def model_forecast(model, data, windows, quantiles=None, batch_size=256):
+def model_forecast(model, data, windows, quantiles=None, batch_size=256, band_scale=None):
     """A Keras forecaster on `windows`, in original units: (point (N, H, T), quantiles
-    (N, H, T, Q) or None)."""
+    (N, H, T, Q) or None). `band_scale` `(H, T)`: conformal width factors of the quantiles
+    (`calibrate_quantiles`), applied in original units."""
     predicted = np.asarray(model.predict(windows.past, batch_size=batch_size, verbose=0))
     if quantiles is None and predicted.ndim == 4:
         raise ValueError(
@@ -101,7 +102,23 @@ def model_forecast(model, data, windows, quantiles=None, batch_size=256):
     values = data.to_original_units(predicted, windows)
     if quantiles is None:
         return values, None
+    if band_scale is not None:
+        values = fm.apply_band_scale(values, quantiles, band_scale)
     return point_forecast(values, quantiles), values
+
+
+def calibrate_quantiles(model, data, lookback, horizon, quantiles, split="val", batch_size=256):
+    """Conformal width factors `(H, T)` of a quantile model's band, fitted on every window
+    of `split` (validation: never the test period) in original units, so they also correct
+    the approximation of compounding per-step quantile returns into prices
+    (`metrics.fit_band_scale`). Returns (factors, the number of windows)."""
+    w = data.windows(split, lookback, horizon, 1)
+    if not len(w.origin):
+        raise ValueError(f"The {split} split has no window of lookback {lookback} + horizon "
+                         f"{horizon} to calibrate the quantiles on")
+    _, values = model_forecast(model, data, w, quantiles, batch_size)
+    actual = data.raw_windows(w, lookback=lookback).future_targets
+    return fm.fit_band_scale(actual, values, quantiles), len(w.origin)
 
 
 def _mase_scales(data, windows, season):
@@ -145,6 +162,7 @@ def backtest(
     fit_window=None,
     level=80,
     batch_size=256,
+    band_scales=None,
 ):
     """Rolling-origin forecasts of models and baselines on one split, scored side by side.
 
@@ -163,6 +181,7 @@ def backtest(
         seasonal_periods: MSTL's periods; None: `default_seasonal_periods(data.freq)`.
         fit_window, level: passed to `baselines.statistical_backtest` (level 80: P10-P90).
         batch_size: prediction batch.
+        band_scales: `{name: (H, T) factors}` of quantile models (`calibrate_quantiles`).
 
     Returns:
         dict: `windows`, `raw` (RawWindows), `actual` (N, H, T), `forecasts` {name: (N, H,
@@ -189,7 +208,8 @@ def backtest(
         if len(model.outputs[0].shape) == 3:
             levels = None
         start = time.perf_counter()
-        point, values = model_forecast(model, data, w, levels, batch_size)
+        point, values = model_forecast(model, data, w, levels, batch_size,
+                                       (band_scales or {}).get(name))
         result["seconds"][name] = time.perf_counter() - start
         result["forecasts"][name] = point
         if values is not None:
@@ -321,6 +341,17 @@ def write_report(result, out_dir, data, plot_windows=4):
     return rows
 
 
+CALIBRATION_FILE = "calibration.json"
+
+
+def read_band_scale(workdir):
+    """The quantile band's conformal factors `(H, T)` that training wrote, or None."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    return np.asarray(training.read_json(path, "python -m apps.forecast.train")["band_scale"])
+
+
 def evaluate_workdir(workdir, baselines=CHEAP_BASELINES, stride=None, model_path=None,
                      season=None, fit_window=None):
     """Backtests `<workdir>/model.keras` against `baselines`; writes `<workdir>/evaluation/`."""
@@ -335,15 +366,18 @@ def evaluate_workdir(workdir, baselines=CHEAP_BASELINES, stride=None, model_path
             "`python -m apps.forecast.train`"
         )
     cfg = training.load_config(Config, config_path)
-    model_path = model_path or os.path.join(workdir, "model.keras")
+    default_model = os.path.join(workdir, "model.keras")
+    model_path = model_path or default_model
     if not os.path.exists(model_path):
         raise ValueError(f"{model_path} not found: the run did not finish (no model.keras)")
     model = keras.saving.load_model(model_path, compile=False)
     data = load_data(cfg)
+    band_scale = read_band_scale(workdir) if model_path == default_model else None
     result = backtest(
         data, cfg.lookback, cfg.horizon, {cfg.model: model}, cfg.quantiles,
         stride=stride or cfg.backtest_stride, baselines=baselines,
         season=season or cfg.season, fit_window=fit_window,
+        band_scales={cfg.model: band_scale} if band_scale is not None else None,
     )
     out_dir = os.path.join(workdir, "evaluation")
     write_report(result, out_dir, data, cfg.plot_windows or 4)

@@ -20,7 +20,9 @@ the scaling and the returns. It returns
     quantiles   float32 (batch, horizon, targets, Q)       quantile models only, same units
 
 For log-return targets the quantile prices compound each step's quantile return, exact at
-the first step and an approximation after it (as `ForecastData.to_original_units`).
+the first step and an approximation after it (as `ForecastData.to_original_units`); the
+conformal width factors training fitted on validation (`band_scale` in the meta) then
+scale each step's band around the median, as in evaluation.
 
 What the signature needs (lookback, frequency, column names, transform, scaler) is written
 next to the model as `<version>/forecast_meta.json`; `apps.forecast.predict` reads it.
@@ -132,6 +134,8 @@ def make_postprocess(meta):
     std = tf.constant(np.asarray(meta["std"][:t], np.float64))
     quantiles = meta["quantiles"]
     log_return = meta["target_transform"] == "log_return"
+    band_scale = meta.get("band_scale")  # (H, T) conformal width factors, quantiles only
+    median = None if not quantiles else int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))
 
     def postprocess(outputs, inputs):
         y = tf.cast(outputs, tf.float64)  # (batch, H, T) or (batch, H, T, Q)
@@ -143,7 +147,9 @@ def make_postprocess(meta):
             y = last * tf.exp(tf.cumsum(y, axis=1))
         if not quantiles:
             return {"forecast": tf.cast(y, tf.float32)}
-        median = int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))
+        if band_scale is not None:  # as metrics.apply_band_scale
+            mid = y[..., median : median + 1]
+            y = mid + tf.constant(np.asarray(band_scale, np.float64)[:, :, None]) * (y - mid)
         return {"forecast": tf.cast(y[..., median], tf.float32),
                 "quantiles": tf.cast(y, tf.float32)}
 

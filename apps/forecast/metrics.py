@@ -159,6 +159,61 @@ def coverage(y_true, lower, upper):
     return np.mean((y_true >= lower) & (y_true <= upper), axis=0)
 
 
+def fit_band_scale(y_true, y_quantiles, quantiles):
+    """Split-conformal width factors for a quantile forecast's band (normalised CQR).
+
+    The band is the outermost quantiles `[q_lo, q_hi]` (nominal coverage `q_hi - q_lo`,
+    80% for P10-P90). Scaling every quantile's distance from the median by `s`,
+    `median + s * (q - median)`, gives the band `[m - s (m - lo), m + s (hi - m)]`; it
+    covers an outcome `y` iff `s >= max((m - y) / (m - lo), (y - m) / (hi - m))`, the
+    outcome's conformity score. `s` is the `ceil((n + 1) * coverage) / n` empirical quantile
+    of the scores of `n` held-out outcomes (Romano et al. 2019, "Conformalized Quantile
+    Regression", with a multiplicative instead of an additive correction, so one factor
+    fits prices of any level): on exchangeable data the scaled band covers a new outcome
+    with probability >= the nominal coverage (and at most 1/(n + 1) more). A band too wide
+    gets `s < 1`, too narrow `s > 1`; quantile order is kept (`s >= 0`).
+
+    Args:
+        y_true: outcomes `(N, H, T)`; NaN (outcomes past the data) are left out.
+        y_quantiles: `(N, H, T, Q)` quantile forecasts, levels ascending.
+        quantiles: the Q levels; must include levels below and above 0.5.
+
+    Returns:
+        float64 `(H, T)`: a factor per horizon step and target (1 where no outcome is known).
+    """
+    y_true = np.asarray(y_true, np.float64)
+    q = np.asarray(y_quantiles, np.float64)
+    levels = np.asarray(quantiles, np.float64)
+    if q.ndim != 4 or q.shape[:3] != y_true.shape or q.shape[-1] != len(levels):
+        raise ValueError(f"Expected quantiles (N, H, T, {len(levels)}) for outcomes "
+                         f"{y_true.shape}; got {q.shape}.")
+    if not (levels[0] < 0.5 < levels[-1]):
+        raise ValueError(f"A band needs levels below and above 0.5; got {tuple(quantiles)}.")
+    median = q[..., int(np.argmin(np.abs(levels - 0.5)))]
+    tiny = 1e-12 * np.maximum(np.abs(median), 1.0)
+    below = (median - y_true) / np.maximum(median - q[..., 0], tiny)
+    above = (y_true - median) / np.maximum(q[..., -1] - median, tiny)
+    scores = np.maximum(below, above)  # (N, H, T); NaN where the outcome is unknown
+    nominal = levels[-1] - levels[0]
+    out = np.ones(scores.shape[1:])
+    for index in np.ndindex(*scores.shape[1:]):
+        column = np.sort(scores[(slice(None), *index)])
+        column = column[~np.isnan(column)]
+        n = len(column)
+        if n:
+            rank = min(int(np.ceil((n + 1) * nominal)), n)
+            out[index] = max(column[rank - 1], 0.0)
+    return out
+
+
+def apply_band_scale(y_quantiles, quantiles, scale):
+    """`median + scale * (q - median)` for every level: `fit_band_scale`'s factors
+    `(H, T)` applied to quantile forecasts `(N, H, T, Q)`."""
+    q = np.asarray(y_quantiles, np.float64)
+    median = q[..., int(np.argmin(np.abs(np.asarray(quantiles) - 0.5))), None]
+    return median + np.asarray(scale, np.float64)[None, :, :, None] * (q - median)
+
+
 def pinball(y_true, y_quantiles, quantiles):
     """Pinball loss per horizon step, averaged over the quantiles.
 

@@ -518,6 +518,11 @@ DEFAULTS = {
         # Off: on JFK temperature, channels="all" + mixing trained 15x slower on CPU and
         # reached a validation loss no better than targets-only CI (0.059 vs 0.057 at D=64).
         "channel_mixing": False,
+        # > 0: a linear map from the last `covariate_lookback` steps of every input channel
+        # (targets as the encoder sees them, covariates and calendar as scaled) to the
+        # targets' forecast, added to the channel-independent head (TiDE's linear skip,
+        # Das et al. 2023). Zero-initialised: training starts from plain PatchTST.
+        "covariate_lookback": 0,
         "revin": True,
         "revin_affine": True,
     },
@@ -611,6 +616,7 @@ def _patchtst(past, horizon, num_targets, quantiles, name, hp):
     x = _select_channels(past, hp["channels"], num_targets)
     channels = x.shape[-1]
     x, loc, scale = _normalise(x, hp["revin"], hp["revin_affine"])
+    normalised = x
     x = Patching(hp["patch_len"], hp["stride"], name="patching")(x)  # (b, C, N, P)
     n = x.shape[2]
     d = hp["hidden_dim"]
@@ -651,8 +657,28 @@ def _patchtst(past, horizon, num_targets, quantiles, name, hp):
         x = keras.layers.Dropout(hp["head_dropout_rate"], name="head_dropout")(x)
     q = len(quantiles) if quantiles else 1
     x = keras.layers.Dense(horizon * q, name="head")(x)  # (b, C, H*Q), shared by the channels
+    if hp["covariate_lookback"]:
+        x = _add_covariate_head(x, past, normalised, num_targets, horizon * q, hp)
     y = _forecast_head(x, horizon, channels, quantiles)
     return _finish(past, y, loc, scale, num_targets, name)
+
+
+def _add_covariate_head(x, past, normalised, num_targets, outputs, hp):
+    """`x` (b, C, H*Q) plus a linear forecast of the targets from the last
+    `covariate_lookback` steps of all input channels (see DEFAULTS["patchtst"])."""
+    k = hp["covariate_lookback"]
+    recent = ops.concatenate(
+        [normalised[:, -k:, :num_targets], ops.cast(past[:, -k:, num_targets:], normalised.dtype)],
+        axis=-1,
+    )  # (b, k, F): the targets in the encoder's (RevIN) units, the rest as scaled
+    recent = ops.reshape(recent, (-1, k * past.shape[-1]))
+    linear = keras.layers.Dense(num_targets * outputs, kernel_initializer="zeros",
+                                name="covariate_head")(recent)
+    linear = ops.reshape(linear, (-1, num_targets, outputs))  # (b, T, H*Q)
+    if x.shape[1] == num_targets:
+        return x + linear
+    # channels="all": only the target channels (the first T) are forecast.
+    return ops.concatenate([x[:, :num_targets] + linear, x[:, num_targets:]], axis=1)
 
 
 def _lstm_attention(past, horizon, num_targets, quantiles, name, hp):
@@ -767,7 +793,9 @@ def build_model(name, lookback, horizon, num_features, num_targets, quantiles=No
                 channels ("targets": the target channels only; "all": every channel,
                 each on its own, then the targets' forecasts are kept), channel_mixing
                 (after each block, attention across channels per patch; needs
-                channels="all" to see covariates), revin, revin_affine.
+                channels="all" to see covariates), covariate_lookback (0: off; K: add a
+                linear forecast from the last K steps of every channel, covariates
+                included, to the targets' forecast), revin, revin_affine.
             lstm_attention: units (encoder and decoder LSTMs), attention_dim (additive
                 attention's hidden size), dropout_rate, channels ("all": the encoder reads
                 every channel; "targets": the targets only), revin, revin_affine.
@@ -804,6 +832,9 @@ def build_model(name, lookback, horizon, num_features, num_targets, quantiles=No
             "`channel_mixing=True` mixes the modelled channels; with channels='targets' it "
             "sees no covariates. Pass channels='all'."
         )
+    k = hp.get("covariate_lookback", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= lookback:
+        raise ValueError(f"`covariate_lookback` must be an int in [0, lookback={lookback}]; got {k!r}.")
     if quantiles is not None:
         quantiles = _check_quantiles(quantiles)
     past = keras.Input((lookback, num_features), name="past")

@@ -25,7 +25,7 @@ import numpy as np
 
 from apps.forecast import plots
 from apps.forecast.config import PRESETS, Config
-from apps.forecast.evaluate import backtest, load_data
+from apps.forecast.evaluate import CALIBRATION_FILE, backtest, calibrate_quantiles, load_data
 from apps.forecast.export import (
     export_forecaster,
     forecast_meta,
@@ -41,7 +41,7 @@ NO_DECAY = ["bias", "gamma", "beta", "embeddings", "queries"]
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
 RESUME_MAY_CHANGE = (
     *training.AppConfig.RESUME_MAY_CHANGE, "plot_windows", "image_every_epochs",
-    "early_stopping_patience", "eval_stride", "season",
+    "early_stopping_patience", "eval_stride", "season", "calibrate_quantiles",
 )
 
 
@@ -127,9 +127,23 @@ def run(cfg):
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # every worker, exact
     training.print_weights_fingerprint(model, strategy)  # multi-worker: equal everywhere
 
+    # Quantile models: conformal width factors of the band, fitted on validation windows.
+    band_scale = None
+    if cfg.quantiles and cfg.calibrate_quantiles:
+        band_scale, n = calibrate_quantiles(model, data, lookback, horizon, cfg.quantiles)
+        meta["band_scale"] = band_scale.tolist()
+        print(f"Quantile band calibrated on {n} validation windows: width x "
+              f"{', '.join(f'{v:.2f}' for v in band_scale.mean(axis=-1))} by horizon step")
+        if chief:
+            write_meta(workdir, meta)
+            training.write_json(os.path.join(workdir, CALIBRATION_FILE), {
+                "band_scale": meta["band_scale"], "validation_windows": n,
+                "quantiles": list(cfg.quantiles)})
+
     # The test backtest in original units, next to the naive and seasonal naive forecasts.
     result = backtest(data, lookback, horizon, {cfg.model: model}, cfg.quantiles,
-                      stride=cfg.backtest_stride, season=cfg.season)
+                      stride=cfg.backtest_stride, season=cfg.season,
+                      band_scales=None if band_scale is None else {cfg.model: band_scale})
     metrics = result["metrics"]
     mine = metrics[cfg.model]
     summary = {
@@ -161,6 +175,8 @@ def run(cfg):
     for key in ("coverage", "direction_accuracy", "direction_p_value", "pinball"):
         if key in mine:
             summary[f"test_{key}"] = mine[key]
+    if band_scale is not None:
+        summary["band_scale"] = band_scale.tolist()
     if chief:
         model.save(os.path.join(workdir, "model.keras"))
         export_dir = os.path.join(workdir, "export")

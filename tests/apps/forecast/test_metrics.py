@@ -123,3 +123,49 @@ def test_summary_collects_everything():
         assert key in s
     with pytest.raises(ValueError, match="same shape"):
         metrics.summary(Y, F[:, :2])
+
+
+def _gaussian_band(rng, n, half_width, horizon=2):
+    """Outcomes ~ N(0, 1) and a P10/P50/P90 forecast 0 +- half_width per step."""
+    y = rng.standard_normal((n, horizon, 1))
+    q = np.zeros((n, horizon, 1, 3))
+    q[..., 0], q[..., 2] = -np.asarray(half_width), np.asarray(half_width)
+    return y, q
+
+
+@pytest.mark.parametrize("half_width", [3.0, 0.5])  # too wide (~99.7%), too narrow (~38%)
+def test_band_scale_restores_the_nominal_coverage_on_new_outcomes(half_width):
+    rng = np.random.default_rng(0)
+    levels = (0.1, 0.5, 0.9)
+    y, q = _gaussian_band(rng, 2000, half_width)
+    scale = metrics.fit_band_scale(y, q, levels)
+    assert scale.shape == (2, 1)
+    # N(0, 1)'s P90 is 1.2816: the factor that makes +-half_width the true P10-P90 band.
+    np.testing.assert_allclose(scale, 1.2816 / half_width, rtol=0.06)
+    y_new, q_new = _gaussian_band(rng, 20000, half_width)
+    scaled = metrics.apply_band_scale(q_new, levels, scale)
+    covered = metrics.coverage(y_new, scaled[..., 0], scaled[..., 2])
+    np.testing.assert_allclose(covered, 0.8, atol=0.02)
+    np.testing.assert_array_equal(scaled[..., 1], q_new[..., 1])  # the median stays
+
+
+def test_band_scale_by_hand_with_unknown_outcomes_and_asymmetric_bands():
+    # Median 0, band [-1, 2]: scores max(-y / 1, y / 2); NaN outcomes are left out.
+    y = np.array([-0.5, 1.0, 3.0, -2.0, np.nan]).reshape(5, 1, 1)
+    q = np.tile(np.array([-1.0, 0.0, 2.0]), (5, 1, 1, 1))
+    # Scores 0.5, 0.5, 1.5, 2.0 (n = 4): rank ceil(5 * 0.8) = 4 -> the largest, 2.0.
+    np.testing.assert_allclose(metrics.fit_band_scale(y, q, (0.1, 0.5, 0.9)), [[2.0]])
+    # Rank ceil((n + 1) * 0.5) = 3 of a P25-P75 band: 1.5.
+    np.testing.assert_allclose(metrics.fit_band_scale(y, q, (0.25, 0.5, 0.75)), [[1.5]])
+    # No known outcome: factor 1 (the band is left as it is).
+    np.testing.assert_allclose(metrics.fit_band_scale(y[4:], q[4:], (0.1, 0.5, 0.9)), [[1.0]])
+    out = metrics.apply_band_scale(q[:1], (0.1, 0.5, 0.9), np.array([[2.0]]))
+    np.testing.assert_allclose(out[0, 0, 0], [-2.0, 0.0, 4.0])
+
+
+def test_band_scale_rejects_bad_shapes_and_levels():
+    y, q = np.zeros((4, 2, 1)), np.zeros((4, 2, 1, 3))
+    with pytest.raises(ValueError, match=r"Expected quantiles \(N, H, T, 2\)"):
+        metrics.fit_band_scale(y, q, (0.1, 0.9))
+    with pytest.raises(ValueError, match="below and above 0.5"):
+        metrics.fit_band_scale(y, q, (0.5, 0.6, 0.7))

@@ -345,6 +345,38 @@ def test_channel_mixing_lets_covariates_in():
     assert np.abs(y2[..., 0] - y[..., 0]).max() > 1e-4
 
 
+@pytest.mark.parametrize("channels", ["targets", "all"])
+@pytest.mark.parametrize("quantiles", [None, QUANTILES])
+def test_covariate_head_reads_the_last_steps_of_every_channel(channels, quantiles):
+    k = 5
+    model = _build("patchtst", quantiles, channels=channels, covariate_lookback=k)
+    head = model.get_layer("covariate_head")
+    q = len(quantiles) if quantiles else 1
+    assert tuple(head.kernel.shape) == (k * F, T * H * q)
+    x = _normal(B, L, F)
+    y = _np(model(x))
+    # Zero-initialised: at first the forecast is the channel-independent one.
+    plain = _build("patchtst", quantiles, channels=channels)
+    plain.set_weights([w for w in model.get_weights() if w.shape not in
+                       {tuple(head.kernel.shape), tuple(head.bias.shape)}])
+    np.testing.assert_allclose(y, _np(plain(x)), atol=1e-6)
+    head.set_weights([_normal(*head.kernel.shape), _normal(*head.bias.shape)])
+    y = _np(model(x))
+    x2 = x.copy()
+    x2[:, -k:, F - 1] += 3.0  # a covariate within the last k steps: every target moves
+    moved = np.abs(_np(model(x2)) - y)
+    assert all(moved[:, :, t].max() > 1e-3 for t in range(T))
+    x3 = x.copy()
+    x3[:, : L - k, F - 1] += 3.0  # before them: only a channels="all" encoder could see it
+    unmoved = np.abs(_np(model(x3)) - y)
+    if channels == "targets":
+        np.testing.assert_array_equal(unmoved, 0.0)
+    else:  # the covariate channel's own forecast is not an output
+        assert unmoved.max() < 1e-5
+    if quantiles:  # quantiles stay sorted
+        assert np.all(np.diff(_np(model(x2)), axis=-1) >= 0)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_forecast_depends_only_on_its_own_window(name):
     # No statistics across the batch (RevIN is per window; no BatchNorm): sample i's forecast
@@ -443,6 +475,8 @@ def test_build_model_errors():
         build_model("dlinear", L, H, F, T, channels="some")
     with pytest.raises(ValueError, match="quantiles"):
         build_model("dlinear", L, H, F, T, quantiles=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"`covariate_lookback` must be an int in \[0, lookback=32\]"):
+        build_model("patchtst", L, H, F, T, covariate_lookback=L + 1)
     with pytest.raises(ValueError, match="shorter than `patch_len`"):
         build_model("patchtst", 4, H, F, T, patch_len=16, stride=8)
     assert set(DEFAULTS) == set(MODELS)

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from apps.forecast import evaluate as fev
 from apps.forecast import export as fex
+from apps.forecast import metrics as fm
 from apps.forecast import predict as fpr
 from apps.forecast import train as ftr
 from apps.forecast.config import PRESETS, Config
@@ -84,6 +85,29 @@ def test_stock_run_forecasts_quantile_prices(stock):
     assert 5 < summary["test_mae_naive"] < 100 and summary["test_mae"] < 200
     meta = fex.read_meta(summary["saved_model"], fex.META_FILE)
     assert meta["window_length"] == cfg.lookback + 1 and meta["target_transform"] == "log_return"
+    # The band's conformal factors: one per horizon step, in the summary, the workdir and
+    # the export's meta; the backtest's coverage is that of the scaled band.
+    scale = fev.read_band_scale(cfg.workdir)
+    assert scale.shape == (cfg.horizon, 1) and np.all(scale > 0)
+    assert meta["band_scale"] == summary["band_scale"] == scale.tolist()
+    data = fev.load_data(cfg)
+    model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"), compile=False)
+    args = (data, cfg.lookback, cfg.horizon, {"patchtst": model}, cfg.quantiles)
+    scaled = fev.backtest(*args, stride=cfg.backtest_stride, band_scales={"patchtst": scale})
+    raw = fev.backtest(*args, stride=cfg.backtest_stride)
+    assert scaled["metrics"]["patchtst"]["coverage"] == pytest.approx(summary["test_coverage"])
+    evaluated = fev.evaluate_workdir(cfg.workdir, baselines=("naive",))  # reads the factors
+    assert evaluated["metrics"]["patchtst"]["coverage"] == pytest.approx(summary["test_coverage"])
+    # The median (the point forecast) does not move; the band does.
+    assert scaled["metrics"]["patchtst"]["mae"] == pytest.approx(raw["metrics"]["patchtst"]["mae"])
+    np.testing.assert_allclose(scaled["quantile_forecasts"]["patchtst"], fm.apply_band_scale(
+        raw["quantile_forecasts"]["patchtst"], cfg.quantiles, scale))
+    # On the validation windows it was fitted on, the band covers at least its 80%.
+    w = data.windows("val", cfg.lookback, cfg.horizon, 1)
+    _, values = fev.model_forecast(model, data, w, cfg.quantiles, band_scale=scale)
+    actual = data.raw_windows(w, lookback=cfg.lookback).future_targets
+    # (less one window for the boundary outcome's rounding)
+    assert np.all(fm.coverage(actual, values[..., 0], values[..., -1]) >= 0.8 - 1 / len(w.origin))
     assert _tags(os.path.join(cfg.workdir, "tensorboard", "images")) >= {"forecasts"}
 
 
@@ -94,6 +118,8 @@ def _python_and_served(cfg, summary):
     model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"), compile=False)
     w = data.windows("test", cfg.lookback, cfg.horizon, cfg.backtest_stride)
     python = data.to_original_units(model.predict(w.past, verbose=0), w)
+    if cfg.quantiles is not None:  # the conformal band factors training fitted on validation
+        python = fm.apply_band_scale(python, cfg.quantiles, fev.read_band_scale(cfg.workdir))
     meta = fex.read_meta(summary["saved_model"], fex.META_FILE)
     inputs = fex.raw_inputs(data, w, meta)
     fn = tf.saved_model.load(summary["saved_model"]).signatures["serving_default"]
@@ -297,3 +323,40 @@ def test_attention_maps_are_logged_in_layer_order_without_channel_mixers():
     names = {"encoder_10": 0, "encoder_2": 0, "decoder_0": 0, "channel_mixer_1": 0}
     assert _layer_order(names) == ["encoder_2", "encoder_10", "decoder_0"]  # last = decoder
     assert _layer_order({"attention": 0}) == ["attention"]
+
+
+class _Killed(Exception):
+    """Stands in for a kill after an epoch's backup was written."""
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    from apps.forecast import plots
+
+    cfg = Config(**dict(PRESETS["test"], epochs=4, plot_windows=1, early_stopping_patience=None),
+                 workdir=str(tmp_path / "run"))
+    app_callbacks = plots.image_callbacks
+
+    class KillAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise _Killed
+
+    # The image callbacks come after BackupAndRestore, so epoch 2's backup exists.
+    monkeypatch.setattr(plots, "image_callbacks",
+                        lambda *args: app_callbacks(*args) + [KillAfterSecondEpoch()])
+    with pytest.raises(_Killed):
+        ftr.run(cfg)
+    assert (tmp_path / "run" / "backup").is_dir()
+    assert not (tmp_path / "run" / "summary.json").exists()
+    monkeypatch.setattr(plots, "image_callbacks", app_callbacks)
+    summary = ftr.run(cfg)  # the same command again resumes
+    assert summary["epochs_run"] == 4 and summary["resumed_from_epoch"] == 2
+    assert not (tmp_path / "run" / "backup").exists()  # removed once training finished
+    ftr.print_next_steps(cfg, summary)
+    assert "after 4 epochs (resumed after epoch 2: 2 epochs in " in capsys.readouterr().out
+    # A different model in the same workdir is refused before anything is overwritten.
+    training.write_config(cfg, tmp_path / "other")
+    (tmp_path / "other" / "backup").mkdir()
+    other = Config(**dict(PRESETS["test"], hidden_dim=8), workdir=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"hidden_dim: 16 -> 8"):
+        ftr.run(other)
