@@ -194,6 +194,14 @@ class Config(AppConfig):
         if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
             raise ValueError(f"`conv_kernel_size` must be odd; got {self.conv_kernel_size}.")
 
+    @classmethod
+    def adapt_preset(cls, preset, resolved):
+        """A preset's encoder hyperparameters that the chosen `--architecture` lacks are
+        dropped (`--preset digits --architecture ctc_baseline` works); given ones still error."""
+        arch = resolved.get("architecture", cls.__dataclass_fields__["architecture"].default)
+        return {k: v for k, v in preset.items()
+                if k not in MODEL_HPARAMS or k in DEFAULTS[arch]}
+
     def model_hparams(self):
         """Encoder hyperparameters given for `build_model` (unset ones keep the defaults)."""
         return {n: getattr(self, n) for n in MODEL_HPARAMS if getattr(self, n) is not None}

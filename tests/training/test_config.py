@@ -310,3 +310,36 @@ def test_read_json_names_the_file_and_the_command_that_writes_it(tmp_path):
         read_json(tmp_path / "bad.json", "python -m apps.x.train")
     write_json(tmp_path / "ok.json", {"a": 1})
     assert read_json(tmp_path / "ok.json", "python -m apps.x.train") == {"a": 1}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Toy config whose `depth` only the "deep" model has."""
+
+    model: Literal["deep", "linear"] = "deep"
+    depth: int | None = None
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        if self.model == "linear" and self.depth is not None:
+            raise ValueError("--model linear has no --depth")
+
+    @classmethod
+    def adapt_preset(cls, preset, resolved):
+        if resolved.get("model", "deep") == "deep":
+            return preset
+        return {k: v for k, v in preset.items() if k != "depth"}
+
+
+def test_adapt_preset_drops_preset_settings_the_chosen_model_lacks(capsys):
+    presets = {"big": {"depth": 12, "learning_rate": 1e-2}}
+    cfg = parse_config(ModelConfig, ["--preset", "big", "--model", "linear"], presets=presets)
+    assert cfg == ModelConfig(model="linear", depth=None, learning_rate=1e-2)
+    assert "preset 'big': not used with these settings: depth=12" in capsys.readouterr().err
+    # Kept when the model has it; a flag the user gives is never dropped.
+    assert parse_config(ModelConfig, ["--preset", "big"], presets=presets).depth == 12
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        parse_config(ModelConfig, ["--preset", "big", "--model", "linear", "--depth", "3"],
+                     presets=presets)
+    assert "--model linear has no --depth" in capsys.readouterr().err

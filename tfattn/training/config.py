@@ -20,6 +20,10 @@ shows it with the type and the default. An app's tests check `fields_without_hel
 is empty, so a new field cannot arrive undocumented.
 
 Precedence: dataclass defaults < `--preset NAME` < `--config file.json` < `--field value`.
+A config class may define `adapt_preset(preset_values, resolved) -> preset_values` (a
+classmethod) to drop preset settings that the finally chosen settings do not use, e.g. a
+preset's PatchTST hyperparameters under `--model dlinear`; the dropped ones are named on
+stderr.
 Flag values by annotation: `int`, `float`, `str`; `bool` as `true/false` (also `1/0`,
 `yes/no`); `Optional[X]` also takes `none`/`null`; `tuple[int, ...]`, `tuple[int, int]` and
 `list[X]` as comma-separated values (`--grid 4,4`, `--sizes 28`, `--sizes ''` for empty);
@@ -33,6 +37,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import tempfile
 import types
 import typing
@@ -326,20 +331,30 @@ def parse_config(config_cls, argv=None, presets=None, prog=None, description=Non
         parser.error(f"unexpected argument(s) {' '.join(extra)}")
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        overrides = {}
+        from_preset, overrides = {}, {}
         preset = getattr(args, "preset", None)
         if preset is not None:
             if preset not in presets:
                 raise ValueError(
                     f"--preset: unknown preset {preset!r}; presets are {', '.join(presets)}."
                 )
-            overrides.update(_checked_overrides(config_cls, presets[preset], f"preset {preset!r}"))
+            from_preset = _checked_overrides(config_cls, presets[preset], f"preset {preset!r}")
         if args.config is not None:
             source = f"config file {args.config!r}"
             overrides.update(_checked_overrides(config_cls, _read_json(args.config), source))
         for name, text in given.items():
             overrides[name] = parse_value(name, fields[name][1], text)
-        return config_cls(**overrides)
+        # A preset's settings for one model must not make `--preset X --model Y` fail: the
+        # config class may drop those that the finally chosen settings do not use.
+        adapt = getattr(config_cls, "adapt_preset", None)
+        if from_preset and adapt is not None:
+            kept = adapt(dict(from_preset), {**from_preset, **overrides})
+            dropped = sorted(set(from_preset) - set(kept))
+            if dropped:
+                print(f"preset {preset!r}: not used with these settings: "
+                      + ", ".join(f"{k}={from_preset[k]!r}" for k in dropped), file=sys.stderr)
+            from_preset = kept
+        return config_cls(**{**from_preset, **overrides})
     except (ValueError, TypeError) as err:
         parser.error(str(err))
 

@@ -255,6 +255,19 @@ def test_every_config_field_has_help_shown_by_help(capsys):
         assert f"--{field.name} {field.name.upper()} {about} (" in out, field.name
 
 
+def test_a_preset_works_with_another_model(capsys):
+    cfg = training.parse_config(Config, ["--preset", "weather_nyc", "--model", "dlinear"],
+                                presets=PRESETS)
+    assert cfg.model == "dlinear" and cfg.covariate_lookback is None and cfg.lookback == 168
+    assert "covariate_lookback=24" in capsys.readouterr().err
+    cfg = training.parse_config(Config, ["--preset", "stock_sp500", "--model", "transformer"],
+                                presets=PRESETS)
+    # The transformer has patches (disjoint: no stride); quantiles are not a model setting.
+    assert cfg.patch_len == 10 and cfg.patch_stride is None and cfg.quantiles is not None
+    assert training.parse_config(Config, ["--preset", "weather_nyc"],
+                                 presets=PRESETS).covariate_lookback == 24
+
+
 def test_config_rejects_hyperparameters_of_another_model():
     with pytest.raises(ValueError, match="--model dlinear has no --num_heads"):
         Config(model="dlinear", num_heads=4)
