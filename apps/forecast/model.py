@@ -15,8 +15,11 @@ PatchTST (`build_model("patchtst", ...)`):
          -> Dense(P -> D) + learned patch positions, channels folded into the batch (b*C, N, D)
          -> num_layers x TransformerEncoderBlock, each channel on its own
             [channel_mixing: after each block, a block over the C channels of each patch]
-         -> LayerNorm -> flatten (b*C, N*D) -> Dense(H [* Q]) -> (b, H, C [, Q])
-         -> target channels -> RevIN inverse -> forecast (b, H, T [, Q])
+         -> LayerNorm -> flatten (b*C, N*D) -> Dense(H [* Q]) -> (b, C, H [* Q])
+            [covariate_lookback K: + Dense(zeros init) over the last K steps of ALL F
+             channels (targets after RevIN, the rest as scaled) -> (b, T, H [* Q]),
+             added to the target channels]
+         -> (b, H, C [, Q]) -> target channels -> RevIN inverse -> forecast (b, H, T [, Q])
 
 LSTM + additive attention (`"lstm_attention"`):
 
@@ -61,7 +64,8 @@ input patches; LSTM: over time steps; Transformer: over input patches) for Tenso
 References: Nie et al. 2023, "A Time Series is Worth 64 Words: Long-term Forecasting with
 Transformers" (PatchTST); Kim et al. 2022, "Reversible Instance Normalization for Accurate
 Time-Series Forecasting against Distribution Shift" (RevIN); Zeng et al. 2023, "Are
-Transformers Effective for Time Series Forecasting?" (DLinear); Bahdanau et al. 2015,
+Transformers Effective for Time Series Forecasting?" (DLinear); Das et al. 2023, "Long-term
+Forecasting with TiDE: Time-series Dense Encoder" (the linear covariate skip); Bahdanau et al. 2015,
 "Neural Machine Translation by Jointly Learning to Align and Translate"; Luong et al. 2015,
 "Effective Approaches to Attention-based Neural Machine Translation"; Zhang & Yan 2023,
 "Crossformer" (attention across channels, used by `channel_mixing`); Koenker & Bassett

@@ -89,6 +89,10 @@ class Config(AppConfig):
     num_freq_masks: int = config_field(2, "SpecAugment: frequency masks per utterance")
     time_mask_param: int = config_field(40, "SpecAugment: widest time mask, frames (0: none)")
     num_time_masks: int = config_field(2, "SpecAugment: time masks per utterance")
+    spec_augment_start_epoch: int = config_field(
+        0, "SpecAugment off for the first N epochs (CTC alignment is learnt on clean features "
+        "first)"
+    )
 
     # Model
     architecture: Architecture = config_field(
@@ -155,6 +159,9 @@ class Config(AppConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.spec_augment_start_epoch < 0:
+            raise ValueError(f"`spec_augment_start_epoch` must be >= 0; got "
+                             f"{self.spec_augment_start_epoch}.")
         for name in ("sample_rate", "n_mels", "epochs", "batch_size", "beam_width", "lm_order",
                      "image_every_epochs"):
             if getattr(self, name) < 1:

@@ -113,6 +113,9 @@ class SpeechRecognizer(keras.Model):
         self.log_mel = LogMelSpectrogram(**self.front_end_config, normalize=True, name="log_mel")
         self.spec_augment = (None if spec_augment is None else
                              SpecAugment(**spec_augment, seed=seed, name="spec_augment"))
+        # Switched off for the first epochs by train.SpecAugmentWarmup (a Python switch:
+        # it takes effect when the train function is traced again).
+        self.spec_augment_enabled = True
         self.blocks = []
         if architecture in ("conformer", "transformer"):
             self.subsampling = ConvSubsampling(hidden_dim, filters=subsampling_filters,
@@ -197,7 +200,7 @@ class SpeechRecognizer(keras.Model):
         encoders with `return_attention_scores`, each block's weights `(B, heads, T', T')`."""
         # No lengths: every sample is valid (LogMelSpectrogram's own default).
         features, frames = self.log_mel(inputs["waveform"], inputs.get("waveform_length"))
-        if self.spec_augment is not None:
+        if self.spec_augment is not None and self.spec_augment_enabled:
             features = self.spec_augment(features, frames, training=training)
         scores = []
         if self.architecture == "ctc_baseline":

@@ -78,6 +78,24 @@ def augment_of(cfg):
                    eq_prob=cfg.eq_prob, gain_prob=cfg.gain_prob)
 
 
+class SpecAugmentWarmup(keras.callbacks.Callback):
+    """SpecAugment off for the first `start_epoch` epochs, on from then (also when a run
+    resumes past it): an attention encoder under CTC first learns to align labels on clean
+    spectrograms, then the masks regularise it. Switching retraces the train function
+    once (an XLA recompile with `--jit_compile`)."""
+
+    def __init__(self, start_epoch):
+        super().__init__()
+        self.start_epoch = int(start_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        enabled = epoch >= self.start_epoch
+        if self.model.spec_augment_enabled != enabled:
+            self.model.spec_augment_enabled = enabled
+            self.model.make_train_function(force=True)
+            print(f"\nEpoch {epoch + 1}: SpecAugment {'on' if enabled else 'off'}", flush=True)
+
+
 def as_keras(ds):
     """(waveform, length, labels, label_length) batches -> ({"waveform", ...}, labels)."""
     return ds.map(lambda w, n, lab, m: (to_model_inputs(w, n), lab))
@@ -164,6 +182,8 @@ def run(cfg):
     )
     # Before the checkpoint and TensorBoard callbacks, so they see val_wer / val_cer.
     callbacks[:0] = [input_wait, budget, metrics]
+    if cfg.spec_augment_start_epoch and model.spec_augment is not None:
+        callbacks.insert(0, SpecAugmentWarmup(cfg.spec_augment_start_epoch))
     if chief:
         callbacks += plots.image_callbacks(model, data.validation, vocabulary, samples,
                                            image_dir, cfg.image_every_epochs)

@@ -178,3 +178,28 @@ def test_an_empty_batch_gives_empty_logits(arch):
     labels = tf.constant([[1, 2, 0, 0], [3, 0, 0, 0]])
     np.testing.assert_allclose(float(loss(labels, full)),
                                float(keras.losses.CTC()(labels, full)), rtol=1e-6)
+
+
+def test_spec_augment_warmup_switches_the_masks_on_at_its_epoch(capsys):
+    from apps.speech.train import SpecAugmentWarmup
+
+    model = build_model("conformer", 12, front_end=dict(n_mels=40), **TINY["conformer"],
+                        spec_augment=dict(freq_mask_param=5, num_freq_masks=1,
+                                          time_mask_param=5, num_time_masks=1))
+    traced = []  # SpecAugment runs in Python only while the train function is traced
+    original = model.spec_augment.call
+    model.spec_augment.call = lambda *args, **kwargs: (traced.append(1), original(*args, **kwargs))[1]
+    per_epoch = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            per_epoch.append(len(traced))
+
+    w, n = _batch([8000, 8000, 6000, 6000], 8000)
+    labels = np.array([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9], [3, 0, 0, 0]], "int32")
+    model.compile(optimizer="adam", loss=CTCLoss())
+    model.fit({"waveform": w, "waveform_length": n}, labels, batch_size=2, epochs=3,
+              callbacks=[SpecAugmentWarmup(1), Count()], verbose=0)
+    assert per_epoch[0] == 0 and per_epoch[1] > 0 and per_epoch[2] == per_epoch[1]
+    assert model.spec_augment_enabled
+    assert "Epoch 2: SpecAugment on" in capsys.readouterr().out
