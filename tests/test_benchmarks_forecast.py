@@ -64,7 +64,8 @@ def test_quick_json_schema(quick_run):
     assert h1["models"]["naive"]["relative_mae"] == pytest.approx(1.0)
     for name in ("patchtst_revin_on", "patchtst_revin_off"):
         m = h1["models"][name]
-        assert {"direction_accuracy", "direction_p_value", "coverage"} <= set(m)
+        assert {"direction_accuracy", "direction_p_value", "coverage",
+                "coverage_uncalibrated"} <= set(m)
     assert info["headline"]["stock_mase_h1"] == h1["models"]["patchtst_revin_on"]["relative_mae"]
     assert 0 < h1["share_of_up_moves"] < 1
 

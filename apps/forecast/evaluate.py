@@ -186,7 +186,8 @@ def backtest(
     Returns:
         dict: `windows`, `raw` (RawWindows), `actual` (N, H, T), `forecasts` {name: (N, H,
         T)}, `quantile_forecasts` {name: (N, H, T, Q)}, `bands` {name: (lo, hi)},
-        `metrics` {name: `score` dict}, `seconds` {name: s}, `season`, `stride`.
+        `metrics` {name: `score` dict; with a band scale also "coverage_uncalibrated"},
+        `seconds` {name: s}, `season`, `stride`.
     """
     unknown = [b for b in baselines if b not in ALL_BASELINES]
     if unknown:
@@ -201,18 +202,21 @@ def backtest(
     history = raw.past_values[..., targets]  # (N, max(L, m), T), original units
     result = {"windows": w, "raw": raw, "actual": actual, "forecasts": {},
               "quantile_forecasts": {}, "bands": {}, "seconds": {}, "season": season,
-              "stride": stride, "quantile_levels": {}}
+              "stride": stride, "quantile_levels": {}, "raw_bands": {}}
 
     for name, model in (models or {}).items():
         levels = quantiles.get(name) if isinstance(quantiles, dict) else quantiles
         if len(model.outputs[0].shape) == 3:
             levels = None
         start = time.perf_counter()
-        point, values = model_forecast(model, data, w, levels, batch_size,
-                                       (band_scales or {}).get(name))
+        point, values = model_forecast(model, data, w, levels, batch_size)
         result["seconds"][name] = time.perf_counter() - start
         result["forecasts"][name] = point
         if values is not None:
+            scale = (band_scales or {}).get(name)
+            if scale is not None:  # keep the raw band's coverage for the report
+                result["raw_bands"][name] = (values[..., 0], values[..., -1])
+                values = fm.apply_band_scale(values, levels, scale)
             result["quantile_forecasts"][name] = values
             result["quantile_levels"][name] = tuple(levels)
     result["forecasts"].update(forecasts or {})
@@ -241,6 +245,10 @@ def backtest(
             result["quantile_forecasts"].get(name), result["quantile_levels"].get(name),
             result["bands"].get(name),
         )
+        if name in result["raw_bands"]:
+            per = fm.coverage(actual, *result["raw_bands"][name])
+            result["metrics"][name]["coverage_uncalibrated"] = float(np.mean(per))
+            result["metrics"][name]["coverage_uncalibrated_per_horizon"] = per
     return result
 
 

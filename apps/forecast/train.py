@@ -172,7 +172,8 @@ def run(cfg):
         "num_replicas": strategy.num_replicas_in_sync,
         "global_batch_size": global_batch,
     }
-    for key in ("coverage", "direction_accuracy", "direction_p_value", "pinball"):
+    for key in ("coverage", "coverage_uncalibrated", "direction_accuracy", "direction_p_value",
+                "pinball"):
         if key in mine:
             summary[f"test_{key}"] = mine[key]
     if band_scale is not None:
@@ -197,8 +198,10 @@ def print_next_steps(cfg, summary):
           f"{summary['test_mae_seasonal_naive']:.4f}; MASE {summary['test_mase']:.3f}) after "
           f"{training.epochs_text(summary)}")
     if "test_coverage" in summary:
+        raw = summary.get("test_coverage_uncalibrated")
         print(f"P{100 * cfg.quantiles[0]:g}-P{100 * cfg.quantiles[-1]:g} coverage "
-              f"{100 * summary['test_coverage']:.1f}%")
+              f"{100 * summary['test_coverage']:.1f}%"
+              + ("" if raw is None else f" (before the validation calibration: {100 * raw:.1f}%)"))
     if "saved_model" in summary:
         training.print_next_steps(cfg.workdir, summary["saved_model"], cfg.export_name, [
             ("Evaluate", f"python -m apps.forecast.evaluate --workdir {cfg.workdir}  "

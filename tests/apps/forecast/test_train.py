@@ -100,6 +100,9 @@ def test_stock_run_forecasts_quantile_prices(stock):
     assert evaluated["metrics"]["patchtst"]["coverage"] == pytest.approx(summary["test_coverage"])
     # The median (the point forecast) does not move; the band does.
     assert scaled["metrics"]["patchtst"]["mae"] == pytest.approx(raw["metrics"]["patchtst"]["mae"])
+    assert scaled["metrics"]["patchtst"]["coverage_uncalibrated"] == pytest.approx(
+        raw["metrics"]["patchtst"]["coverage"])
+    assert "coverage_uncalibrated" not in raw["metrics"]["patchtst"]
     np.testing.assert_allclose(scaled["quantile_forecasts"]["patchtst"], fm.apply_band_scale(
         raw["quantile_forecasts"]["patchtst"], cfg.quantiles, scale))
     # On the validation windows it was fitted on, the band covers at least its 80%.
