@@ -16,10 +16,10 @@ PatchTST (`build_model("patchtst", ...)`):
          -> num_layers x TransformerEncoderBlock, each channel on its own
             [channel_mixing: after each block, a block over the C channels of each patch]
          -> LayerNorm -> flatten (b*C, N*D) -> Dense(H [* Q]) -> (b, C, H [* Q])
+         -> (b, H, C [, Q]) -> target channels -> RevIN inverse
             [covariate_lookback K: + Dense(zeros init) over the last K steps of ALL F
-             channels (targets after RevIN, the rest as scaled) -> (b, T, H [* Q]),
-             added to the target channels]
-         -> (b, H, C [, Q]) -> target channels -> RevIN inverse -> forecast (b, H, T [, Q])
+             channels as scaled -> (b, H, T [, Q]); quantiles sorted again]
+         -> forecast (b, H, T [, Q])
 
 LSTM + additive attention (`"lstm_attention"`):
 
@@ -523,9 +523,12 @@ DEFAULTS = {
         # reached a validation loss no better than targets-only CI (0.059 vs 0.057 at D=64).
         "channel_mixing": False,
         # > 0: a linear map from the last `covariate_lookback` steps of every input channel
-        # (targets as the encoder sees them, covariates and calendar as scaled) to the
-        # targets' forecast, added to the channel-independent head (TiDE's linear skip,
-        # Das et al. 2023). Zero-initialised: training starts from plain PatchTST.
+        # (as scaled: targets, covariates, calendar) to the targets' forecast, added after
+        # the RevIN inverse, in the units a ridge regression on those inputs would use
+        # (TiDE's linear skip, Das et al. 2023); the encoder learns the rest.
+        # Zero-initialised: training starts from plain PatchTST. Added inside RevIN instead
+        # (targets normalised per window) it reached a validation MAE of 2.90 on JFK
+        # temperature, here 2.78 (the all-channel ridge: 2.81).
         "covariate_lookback": 0,
         "revin": True,
         "revin_affine": True,
@@ -604,13 +607,18 @@ def _forecast_head(x, horizon, channels, quantiles):
     return ops.sort(x, axis=-1)  # (batch, horizon, channels, Q): no crossing quantiles
 
 
-def _finish(past, y, loc, scale, num_targets, name):
-    """Target channels -> RevIN inverse -> float32 `forecast` -> keras.Model."""
+def _finish(past, y, loc, scale, num_targets, name, residual=None):
+    """Target channels -> RevIN inverse [-> + residual, quantiles sorted again] -> float32
+    `forecast` -> keras.Model."""
     y = y[:, :, :num_targets]
     if loc is not None:
         y = RevINInverse(dtype="float32", name="revin_inverse")(
             y, loc[:, :, :num_targets], scale[:, :, :num_targets]
         )
+    if residual is not None:
+        y = ops.cast(y, "float32") + ops.cast(residual, "float32")
+        if len(y.shape) == 4:
+            y = ops.sort(y, axis=-1)
     # A named float32 output also under mixed precision; export keys use this name.
     y = keras.layers.Activation("linear", dtype="float32", name="forecast")(y)
     return keras.Model(past, y, name=name)
@@ -620,7 +628,6 @@ def _patchtst(past, horizon, num_targets, quantiles, name, hp):
     x = _select_channels(past, hp["channels"], num_targets)
     channels = x.shape[-1]
     x, loc, scale = _normalise(x, hp["revin"], hp["revin_affine"])
-    normalised = x
     x = Patching(hp["patch_len"], hp["stride"], name="patching")(x)  # (b, C, N, P)
     n = x.shape[2]
     d = hp["hidden_dim"]
@@ -661,28 +668,23 @@ def _patchtst(past, horizon, num_targets, quantiles, name, hp):
         x = keras.layers.Dropout(hp["head_dropout_rate"], name="head_dropout")(x)
     q = len(quantiles) if quantiles else 1
     x = keras.layers.Dense(horizon * q, name="head")(x)  # (b, C, H*Q), shared by the channels
+    residual = None
     if hp["covariate_lookback"]:
-        x = _add_covariate_head(x, past, normalised, num_targets, horizon * q, hp)
+        residual = _covariate_head(past, num_targets, horizon, q, hp)
     y = _forecast_head(x, horizon, channels, quantiles)
-    return _finish(past, y, loc, scale, num_targets, name)
+    return _finish(past, y, loc, scale, num_targets, name, residual)
 
 
-def _add_covariate_head(x, past, normalised, num_targets, outputs, hp):
-    """`x` (b, C, H*Q) plus a linear forecast of the targets from the last
-    `covariate_lookback` steps of all input channels (see DEFAULTS["patchtst"])."""
+def _covariate_head(past, num_targets, horizon, q, hp):
+    """A linear forecast (b, H, T[, Q]) in the model's output units (the globally scaled
+    targets) from the last `covariate_lookback` steps of every channel as scaled: a ridge
+    regression's map, added after the RevIN inverse (see DEFAULTS["patchtst"])."""
     k = hp["covariate_lookback"]
-    recent = ops.concatenate(
-        [normalised[:, -k:, :num_targets], ops.cast(past[:, -k:, num_targets:], normalised.dtype)],
-        axis=-1,
-    )  # (b, k, F): the targets in the encoder's (RevIN) units, the rest as scaled
-    recent = ops.reshape(recent, (-1, k * past.shape[-1]))
-    linear = keras.layers.Dense(num_targets * outputs, kernel_initializer="zeros",
+    recent = ops.reshape(past[:, -k:, :], (-1, k * past.shape[-1]))
+    linear = keras.layers.Dense(horizon * num_targets * q, kernel_initializer="zeros",
                                 name="covariate_head")(recent)
-    linear = ops.reshape(linear, (-1, num_targets, outputs))  # (b, T, H*Q)
-    if x.shape[1] == num_targets:
-        return x + linear
-    # channels="all": only the target channels (the first T) are forecast.
-    return ops.concatenate([x[:, :num_targets] + linear, x[:, num_targets:]], axis=1)
+    shape = (-1, horizon, num_targets, q) if q > 1 else (-1, horizon, num_targets)
+    return ops.reshape(linear, shape)
 
 
 def _lstm_attention(past, horizon, num_targets, quantiles, name, hp):

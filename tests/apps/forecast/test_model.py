@@ -366,6 +366,11 @@ def test_covariate_head_reads_the_last_steps_of_every_channel(channels, quantile
     x2[:, -k:, F - 1] += 3.0  # a covariate within the last k steps: every target moves
     moved = np.abs(_np(model(x2)) - y)
     assert all(moved[:, :, t].max() > 1e-3 for t in range(T))
+    if quantiles is None:
+        # The head adds in the output's own (scaled) units, after the RevIN inverse: a
+        # covariate's change moves the forecast by exactly kernel . change, as a ridge.
+        change = (x2 - x)[:, -k:, :].reshape(B, -1) @ _np(head.kernel)
+        np.testing.assert_allclose(_np(model(x2)) - y, change.reshape(B, H, T), atol=1e-4)
     x3 = x.copy()
     x3[:, : L - k, F - 1] += 3.0  # before them: only a channels="all" encoder could see it
     unmoved = np.abs(_np(model(x3)) - y)
