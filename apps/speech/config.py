@@ -238,9 +238,11 @@ PRESETS = {
     },
     # Chosen on the validation split of the 2400-utterance corpus (30-minute runs): lighter
     # augmentation than the field defaults (utterances are short, the corpus is small) and
-    # a 1.5e-3 peak rate converged fastest.
+    # a 1.5e-3 peak rate converged fastest; SpecAugment from epoch 9 on (off before it)
+    # halved the best validation CER in 30 minutes, 0.066 -> 0.030 (greedy).
     "digits": {
         "architecture": "conformer",
+        "spec_augment_start_epoch": 8,
         "epochs": 60,
         "batch_size": 16,
         "learning_rate": 1.5e-3,
