@@ -22,7 +22,10 @@ not returns, for log-return targets):
     direction_*        (log-return targets) share of correct up/down calls against the
                        last price, and the one-sided binomial p-value against 50%
     coverage           share of outcomes inside P10-P90 (quantile models; the statistical
-                       models' 80% intervals)
+                       models' 80% intervals); a quantile run's band is first scaled by the
+                       factors training fitted on validation (<workdir>/calibration.json,
+                       for the workdir's own model.keras), and `coverage_uncalibrated`
+                       reports the raw band
 
 Writes `<workdir>/evaluation/`: metrics.csv (one row per model and horizon step, "all" for
 the overall row), metrics.json, forecast_vs_actual.png and error_by_horizon.png.
