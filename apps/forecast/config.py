@@ -205,7 +205,7 @@ class Config(AppConfig):
                     f"`quantiles` must be increasing levels in (0, 1), e.g. 0.1,0.5,0.9; got {q}."
                 )
         unused = [n for n in MODEL_HPARAMS if getattr(self, n) is not None
-                  and _hparam_key(n, self.model) not in DEFAULTS[self.model]]
+                  and not _model_takes(self.model, n)]
         if unused:
             raise ValueError(
                 f"--model {self.model} has no {', '.join('--' + n for n in unused)}; its "
@@ -225,8 +225,7 @@ class Config(AppConfig):
         """A preset's model hyperparameters that the chosen `--model` lacks are dropped (so
         `--preset weather_nyc --model dlinear` works); ones given by the user still error."""
         model = resolved.get("model", cls.__dataclass_fields__["model"].default)
-        return {k: v for k, v in preset.items()
-                if k not in MODEL_HPARAMS or _hparam_key(k, model) in DEFAULTS[model]}
+        return {k: v for k, v in preset.items() if k not in MODEL_HPARAMS or _model_takes(model, k)}
 
     def model_hparams(self):
         """The hyperparameters given for `build_model` (unset ones keep the model's defaults)."""
@@ -236,6 +235,11 @@ class Config(AppConfig):
     @property
     def backtest_stride(self):
         return self.eval_stride or self.horizon
+
+
+def _model_takes(model, field):
+    """Whether `model` has the hyperparameter behind config field `field`."""
+    return _hparam_key(field, model) in DEFAULTS[model]
 
 
 def _hparam_key(field, model):

@@ -23,8 +23,9 @@ not returns, for log-return targets):
                        last price, and the one-sided binomial p-value against 50%
     coverage           share of outcomes inside P10-P90 (quantile models; the statistical
                        models' 80% intervals); a quantile run's band is first scaled by the
-                       factors training fitted on validation (<workdir>/calibration.json,
-                       for the workdir's own model.keras), and `coverage_uncalibrated`
+                       factors training fitted on validation (`band_scale` in
+                       <workdir>/preprocessing.json, for the workdir's own model.keras),
+                       and `coverage_uncalibrated`
                        reports the raw band
 
 Writes `<workdir>/evaluation/`: metrics.csv (one row per model and horizon step, "all" for
@@ -46,6 +47,7 @@ import numpy as np
 from apps.forecast import baselines as fb
 from apps.forecast import metrics as fm
 from apps.forecast.data import load_forecast_data
+from apps.forecast.export import read_meta
 from apps.forecast.model import point_forecast
 from apps.forecast.windows import freq_seconds
 from tfattn import training
@@ -93,10 +95,9 @@ def default_seasonal_periods(freq):
     return (default_season(freq),)
 
 
-def model_forecast(model, data, windows, quantiles=None, batch_size=256, band_scale=None):
+def model_forecast(model, data, windows, quantiles=None, batch_size=256):
     """A Keras forecaster on `windows`, in original units: (point (N, H, T), quantiles
-    (N, H, T, Q) or None). `band_scale` `(H, T)`: conformal width factors of the quantiles
-    (`calibrate_quantiles`), applied in original units."""
+    (N, H, T, Q) or None)."""
     predicted = np.asarray(model.predict(windows.past, batch_size=batch_size, verbose=0))
     if quantiles is None and predicted.ndim == 4:
         raise ValueError(
@@ -105,8 +106,6 @@ def model_forecast(model, data, windows, quantiles=None, batch_size=256, band_sc
     values = data.to_original_units(predicted, windows)
     if quantiles is None:
         return values, None
-    if band_scale is not None:
-        values = fm.apply_band_scale(values, quantiles, band_scale)
     return point_forecast(values, quantiles), values
 
 
@@ -284,7 +283,7 @@ def _statistical(data, w, horizon, names, season, periods, fit_window, level, re
 # --------------------------------------------------------------------------- reporting
 
 TABLE_METRICS = ("mae", "rmse", "mase", "smape", "relative_mae", "direction_accuracy",
-                 "coverage", "pinball")
+                 "coverage", "coverage_uncalibrated", "pinball")
 
 
 def metric_rows(result):
@@ -352,15 +351,11 @@ def write_report(result, out_dir, data, plot_windows=4):
     return rows
 
 
-CALIBRATION_FILE = "calibration.json"
-
-
 def read_band_scale(workdir):
-    """The quantile band's conformal factors `(H, T)` that training wrote, or None."""
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    if not os.path.exists(path):
-        return None
-    return np.asarray(training.read_json(path, "python -m apps.forecast.train")["band_scale"])
+    """The quantile band's conformal factors `(H, T)` that training wrote into the run's
+    preprocessing meta (what the export applies), or None."""
+    scale = read_meta(workdir).get("band_scale")
+    return None if scale is None else np.asarray(scale)
 
 
 def evaluate_workdir(workdir, baselines=CHEAP_BASELINES, stride=None, model_path=None,

@@ -25,7 +25,7 @@ import numpy as np
 
 from apps.forecast import plots
 from apps.forecast.config import PRESETS, Config
-from apps.forecast.evaluate import CALIBRATION_FILE, backtest, calibrate_quantiles, load_data
+from apps.forecast.evaluate import backtest, calibrate_quantiles, load_data
 from apps.forecast.export import (
     export_forecaster,
     forecast_meta,
@@ -134,11 +134,8 @@ def run(cfg):
         meta["band_scale"] = band_scale.tolist()
         print(f"Quantile band calibrated on {n} validation windows: width x "
               f"{', '.join(f'{v:.2f}' for v in band_scale.mean(axis=-1))} by horizon step")
-        if chief:
+        if chief:  # evaluate and a later export read it from there
             write_meta(workdir, meta)
-            training.write_json(os.path.join(workdir, CALIBRATION_FILE), {
-                "band_scale": meta["band_scale"], "validation_windows": n,
-                "quantiles": list(cfg.quantiles)})
 
     # The test backtest in original units, next to the naive and seasonal naive forecasts.
     result = backtest(data, lookback, horizon, {cfg.model: model}, cfg.quantiles,

@@ -25,6 +25,7 @@ from typing import Literal
 from apps.speech.decode import DECODERS
 from apps.speech.model import ARCHITECTURES, DEFAULTS
 from apps.speech.pipeline import DEFAULT_BUCKET_SECONDS
+from tfattn.layers import ConvSubsampling
 from tfattn.training import AppConfig, config_field
 
 Architecture = Literal[ARCHITECTURES]
@@ -196,8 +197,9 @@ class Config(AppConfig):
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0; got {self.learning_rate}.")
-        if self.time_reduction not in (None, 2, 4):
-            raise ValueError(f"`time_reduction` must be 2 or 4; got {self.time_reduction}.")
+        if self.time_reduction not in (None, *ConvSubsampling.TIME_REDUCTIONS):
+            raise ValueError(f"`time_reduction` must be one of {ConvSubsampling.TIME_REDUCTIONS}; "
+                             f"got {self.time_reduction}.")
         if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
             raise ValueError(f"`conv_kernel_size` must be odd; got {self.conv_kernel_size}.")
 

@@ -19,6 +19,7 @@ from apps.forecast import metrics as fm
 from apps.forecast import predict as fpr
 from apps.forecast import train as ftr
 from apps.forecast.config import PRESETS, Config
+from tests.killing import run_killed_after_epoch
 from tfattn import training
 
 pytestmark = pytest.mark.xdist_group("forecast_e2e")  # one worker trains the shared runs once
@@ -107,7 +108,8 @@ def test_stock_run_forecasts_quantile_prices(stock):
         raw["quantile_forecasts"]["patchtst"], cfg.quantiles, scale))
     # On the validation windows it was fitted on, the band covers at least its 80%.
     w = data.windows("val", cfg.lookback, cfg.horizon, 1)
-    _, values = fev.model_forecast(model, data, w, cfg.quantiles, band_scale=scale)
+    _, values = fev.model_forecast(model, data, w, cfg.quantiles)
+    values = fm.apply_band_scale(values, cfg.quantiles, scale)
     actual = data.raw_windows(w, lookback=cfg.lookback).future_targets
     # (less one window for the boundary outcome's rounding)
     assert np.all(fm.coverage(actual, values[..., 0], values[..., -1]) >= 0.8 - 1 / len(w.origin))
@@ -341,30 +343,14 @@ def test_attention_maps_are_logged_in_layer_order_without_channel_mixers():
     assert _layer_order({"attention": 0}) == ["attention"]
 
 
-class _Killed(Exception):
-    """Stands in for a kill after an epoch's backup was written."""
-
-
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     from apps.forecast import plots
 
     cfg = Config(**dict(PRESETS["test"], epochs=4, plot_windows=1, early_stopping_patience=None),
                  workdir=str(tmp_path / "run"))
-    app_callbacks = plots.image_callbacks
-
-    class KillAfterSecondEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise _Killed
-
-    # The image callbacks come after BackupAndRestore, so epoch 2's backup exists.
-    monkeypatch.setattr(plots, "image_callbacks",
-                        lambda *args: app_callbacks(*args) + [KillAfterSecondEpoch()])
-    with pytest.raises(_Killed):
-        ftr.run(cfg)
+    run_killed_after_epoch(monkeypatch, plots, "image_callbacks", lambda: ftr.run(cfg), 1)
     assert (tmp_path / "run" / "backup").is_dir()
     assert not (tmp_path / "run" / "summary.json").exists()
-    monkeypatch.setattr(plots, "image_callbacks", app_callbacks)
     summary = ftr.run(cfg)  # the same command again resumes
     assert summary["epochs_run"] == 4 and summary["resumed_from_epoch"] == 2
     assert not (tmp_path / "run" / "backup").exists()  # removed once training finished

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,6 +18,7 @@ from apps.vit import export as vit_export
 from apps.vit import predict as vit_predict
 from apps.vit import train as vit_train
 from apps.vit.config import PRESETS, Config
+from tests.killing import run_killed_after_epoch
 from tfattn import training
 
 pytestmark = pytest.mark.xdist_group("vit_e2e")  # one worker trains the shared model once
@@ -279,28 +279,12 @@ def test_attention_images_zero_turns_the_attention_maps_off(tmp_path):
         Config(image_every_epochs=0)
 
 
-class _Killed(Exception):
-    """Stands in for a kill after an epoch's backup was written."""
-
-
 def test_a_resumed_run_counts_every_epoch_and_says_it_resumed(tmp_path, monkeypatch, capsys):
     _require_data()
     cfg = Config(**dict(PRESETS["test"], epochs=4, max_train_examples=128, attention_images=0),
                  workdir=str(tmp_path / "run"))
-    app_callbacks = vit_train.image_callbacks
-
-    class KillAfterSecondEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise _Killed
-
-    # The image callbacks come after BackupAndRestore, so epoch 2's backup exists.
-    monkeypatch.setattr(vit_train, "image_callbacks",
-                        lambda *args: app_callbacks(*args) + [KillAfterSecondEpoch()])
-    with pytest.raises(_Killed):
-        vit_train.run(cfg)
+    run_killed_after_epoch(monkeypatch, vit_train, "image_callbacks", lambda: vit_train.run(cfg), 1)
     assert (tmp_path / "run" / "backup").is_dir()
-    monkeypatch.setattr(vit_train, "image_callbacks", app_callbacks)
     summary = vit_train.run(cfg)  # the same command again resumes
     assert summary["epochs_run"] == 4 and summary["resumed_from_epoch"] == 2
     vit_train.print_next_steps(cfg, summary)
