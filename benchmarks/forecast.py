@@ -52,7 +52,7 @@ import tensorflow as tf  # noqa: E402
 
 from apps.forecast import train  # noqa: E402
 from apps.forecast.config import PRESETS, Config  # noqa: E402
-from apps.forecast.evaluate import backtest, load_data  # noqa: E402
+from apps.forecast.evaluate import ADJUSTMENTS, backtest, load_data  # noqa: E402
 from apps.forecast.export import META_FILE, raw_inputs, read_meta  # noqa: E402
 from benchmarks.machine import load_average, machine_info  # noqa: E402
 from tfattn import training  # noqa: E402
@@ -190,8 +190,8 @@ def ridge_forecasts(data, lookback, horizon, alphas, stride, channels="targets")
 def model_metrics(m):
     """The numbers of one backtest `score` dict (per-horizon lists averaged over targets)."""
     out = {}
-    for key in ("mae", "rmse", "mase", "smape", "relative_mae", "direction_accuracy",
-                "direction_p_value", "direction_trials", "coverage", "coverage_uncalibrated",
+    for key in ("mae", "mae_uncombined", "rmse", "mase", "smape", "relative_mae",
+                "direction_accuracy", "direction_p_value", "direction_trials", "coverage", "coverage_uncalibrated",
                 "pinball"):
         if key in m:
             out[key] = float(m[key])
@@ -234,14 +234,18 @@ def weather_table(part):
 
 
 def stock_table(part):
-    header = ["horizon", "model", "price MAE", "MAE / random walk", "direction", "p-value",
-              "P10-P90 coverage", "uncalibrated", "train s", "epochs", "params", "serve ms"]
+    header = ["horizon", "model", "price MAE", "MAE / random walk", "model alone / RW",
+              "direction", "p-value", "P10-P90 coverage", "uncalibrated", "train s", "epochs",
+              "params", "serve ms"]
     rows = []
     for h, run in part["horizons"].items():
+        naive = run["models"]["naive"]["mae"]
         for name in sorted(run["models"], key=lambda k: run["models"][k]["mae"]):
             m, info = run["models"][name], part["models"].get(f"h{h}_{name}", {})
+            alone = m.get("mae_uncombined")
             rows.append([
                 h, name, _f(m["mae"], 2), _f(m["relative_mae"]),
+                _f(None if alone is None else alone / naive),
                 # The random walk makes no up/down call: no direction for it.
                 *([_f(None)] * 2 if name == "naive" else
                   [_f(m.get("direction_accuracy")), _f(m.get("direction_p_value"), 3)]),
@@ -331,14 +335,14 @@ def run_weather(settings, root):
 def run_stock(settings, root):
     part = {"models": {}, "horizons": {}, "recipe": {}}
     for h in settings["stock_horizons"]:
-        models, band_scales, data, cfg = {}, {}, None, None
+        models, adjustments, data, cfg = {}, {}, None, None
         for revin in (True, False):
             name = f"patchtst_revin_{'on' if revin else 'off'}"
             args = [*settings["stock_base"], "--horizon", str(h), "--revin", str(revin).lower()]
             cfg, summary, model = train_model(args, os.path.join(root, f"stock_h{h}_{name}"))
             models[name] = model
-            if "band_scale" in summary:  # the conformal factors training fitted on validation
-                band_scales[name] = np.asarray(summary["band_scale"])
+            # What training fitted on validation: the random-walk weight, the band factors.
+            adjustments[name] = {k: np.asarray(summary[k]) for k in ADJUSTMENTS if k in summary}
             part["recipe"][f"h{h}_{name}"] = " ".join(args)
             part["models"][f"h{h}_{name}"] = {
                 "train_seconds": summary["train_seconds"], "epochs": summary["epochs_run"],
@@ -349,7 +353,7 @@ def run_stock(settings, root):
                   f"{summary['train_seconds']:.0f} s", flush=True)
         data = load_data(cfg)
         result = backtest(data, cfg.lookback, h, models, cfg.quantiles, baselines=("naive",),
-                          band_scales=band_scales)
+                          adjustments=adjustments)
         raw = result["raw"]
         up = raw.future_targets > raw.last_targets[:, None, :]
         part["horizons"][str(h)] = {

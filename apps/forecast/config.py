@@ -124,6 +124,12 @@ class Config(AppConfig):
         "nominal share of the validation outcomes (split conformal; applied in evaluation "
         "and the export)"
     )
+    shrink_to_naive: bool = config_field(
+        False, "after training, combine the forecast with the random walk (the last value): "
+        "last + w * (forecast - last), w in [0, 1] per horizon step fitted on validation MAE "
+        "(1: the model alone); for series where the model's signal is weak against its noise, "
+        "e.g. asset prices (applied in evaluation and the export)"
+    )
     loss: Loss = config_field("mse", "point-forecast loss on the scaled targets")
     patch_len: int | None = config_field(None, "patchtst/transformer: steps per patch; none: model default")
     patch_stride: int | None = config_field(None, "patchtst: steps between patch starts; none: model default")
@@ -294,6 +300,7 @@ PRESETS = {
         "patch_len": 10,
         "patch_stride": 5,
         "quantiles": (0.1, 0.5, 0.9),
+        "shrink_to_naive": True,
         "epochs": 30,
         "batch_size": 64,
         "learning_rate": 5e-4,

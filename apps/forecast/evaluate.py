@@ -22,11 +22,13 @@ not returns, for log-return targets):
     direction_*        (log-return targets) share of correct up/down calls against the
                        last price, and the one-sided binomial p-value against 50%
     coverage           share of outcomes inside P10-P90 (quantile models; the statistical
-                       models' 80% intervals); a quantile run's band is first scaled by the
-                       factors training fitted on validation (`band_scale` in
-                       <workdir>/preprocessing.json, for the workdir's own model.keras),
-                       and `coverage_uncalibrated`
-                       reports the raw band
+                       models' 80% intervals)
+
+The workdir's own model.keras is scored with the adjustments training fitted on validation
+(written into <workdir>/preprocessing.json; the export applies them too): with
+`--shrink_to_naive`, its forecast combined with the random walk (`mae_uncombined` reports
+the model alone), and for quantile runs the band scaled to its nominal coverage
+(`coverage_uncalibrated` reports the raw band).
 
 Writes `<workdir>/evaluation/`: metrics.csv (one row per model and horizon step, "all" for
 the overall row), metrics.json, forecast_vs_actual.png and error_by_horizon.png.
@@ -109,18 +111,54 @@ def model_forecast(model, data, windows, quantiles=None, batch_size=256):
     return point_forecast(values, quantiles), values
 
 
-def calibrate_quantiles(model, data, lookback, horizon, quantiles, split="val", batch_size=256):
-    """Conformal width factors `(H, T)` of a quantile model's band, fitted on every window
-    of `split` (validation: never the test period) in original units, so they also correct
-    the approximation of compounding per-step quantile returns into prices
-    (`metrics.fit_band_scale`). Returns (factors, the number of windows)."""
+ADJUSTMENTS = ("naive_weight", "band_scale")
+
+
+def fit_adjustments(model, data, lookback, horizon, quantiles=None, *, naive_weight=False,
+                    band_scale=True, split="val", batch_size=256):
+    """What training fits on every window of `split` (validation: never the test period),
+    in original units, to put on top of the model's forecasts, in this order:
+
+    - `naive_weight` `(H, T)`: the model's point forecast combined with the random walk,
+      `last + w * (forecast - last)`, `w` in [0, 1] with the smallest MAE
+      (`metrics.fit_naive_weight`); quantiles move with their median.
+    - `band_scale` `(H, T)`, quantile models: conformal width factors of the band around the
+      (combined) median (`metrics.fit_band_scale`); they also correct the approximation of
+      compounding per-step quantile returns into prices.
+
+    Returns ({name: factors} of the ones asked for, the number of windows).
+    """
     w = data.windows(split, lookback, horizon, 1)
     if not len(w.origin):
         raise ValueError(f"The {split} split has no window of lookback {lookback} + horizon "
-                         f"{horizon} to calibrate the quantiles on")
-    _, values = model_forecast(model, data, w, quantiles, batch_size)
-    actual = data.raw_windows(w, lookback=lookback).future_targets
-    return fm.fit_band_scale(actual, values, quantiles), len(w.origin)
+                         f"{horizon} to fit the forecast adjustments on")
+    point, values = model_forecast(model, data, w, quantiles, batch_size)
+    raw = data.raw_windows(w, lookback=lookback)
+    naive = np.repeat(raw.last_targets[:, None, :], horizon, axis=1)
+    fitted = {}
+    if naive_weight:
+        fitted["naive_weight"] = fm.fit_naive_weight(raw.future_targets, point, naive)
+    point, values = adjust(point, values, naive, quantiles, fitted)
+    if band_scale and values is not None:
+        fitted["band_scale"] = fm.fit_band_scale(raw.future_targets, values, quantiles)
+    return fitted, len(w.origin)
+
+
+def adjust(point, values, naive, quantiles, adjustments):
+    """`fit_adjustments`'s factors applied to a model's forecasts in original units:
+    (point (N, H, T), quantiles (N, H, T, Q) or None) -> the same, adjusted. `naive`: the
+    random walk `(N, H, T)` (the last value at each origin)."""
+    weight = (adjustments or {}).get("naive_weight")
+    if weight is not None:
+        if values is None:
+            point = fm.apply_naive_weight(point, naive, weight)
+        else:
+            values = fm.apply_naive_weight(values, naive, weight, quantiles)
+            point = point_forecast(values, quantiles)
+    scale = (adjustments or {}).get("band_scale")
+    if scale is not None and values is not None:
+        values = fm.apply_band_scale(values, quantiles, scale)
+    return point, values
 
 
 def _mase_scales(data, windows, season):
@@ -164,7 +202,7 @@ def backtest(
     fit_window=None,
     level=80,
     batch_size=256,
-    band_scales=None,
+    adjustments=None,
 ):
     """Rolling-origin forecasts of models and baselines on one split, scored side by side.
 
@@ -183,12 +221,14 @@ def backtest(
         seasonal_periods: MSTL's periods; None: `default_seasonal_periods(data.freq)`.
         fit_window, level: passed to `baselines.statistical_backtest` (level 80: P10-P90).
         batch_size: prediction batch.
-        band_scales: `{name: (H, T) factors}` of quantile models (`calibrate_quantiles`).
+        adjustments: `{name: {"naive_weight": (H, T), "band_scale": (H, T)}}`, either
+            optional: what training fitted on validation (`fit_adjustments`).
 
     Returns:
         dict: `windows`, `raw` (RawWindows), `actual` (N, H, T), `forecasts` {name: (N, H,
         T)}, `quantile_forecasts` {name: (N, H, T, Q)}, `bands` {name: (lo, hi)},
-        `metrics` {name: `score` dict; with a band scale also "coverage_uncalibrated"},
+        `metrics` {name: `score` dict; with a band scale also "coverage_uncalibrated"; with
+        a naive weight also "mae_uncombined"},
         `seconds` {name: s}, `season`, `stride`.
     """
     unknown = [b for b in baselines if b not in ALL_BASELINES]
@@ -206,6 +246,8 @@ def backtest(
               "quantile_forecasts": {}, "bands": {}, "seconds": {}, "season": season,
               "stride": stride, "quantile_levels": {}, "raw_bands": {}}
 
+    naive = fb.naive_forecast(history, horizon)
+    uncombined = {}
     for name, model in (models or {}).items():
         levels = quantiles.get(name) if isinstance(quantiles, dict) else quantiles
         if len(model.outputs[0].shape) == 3:
@@ -213,17 +255,20 @@ def backtest(
         start = time.perf_counter()
         point, values = model_forecast(model, data, w, levels, batch_size)
         result["seconds"][name] = time.perf_counter() - start
+        fitted = (adjustments or {}).get(name) or {}
+        if fitted.get("naive_weight") is not None:  # keep the model's own error for the report
+            uncombined[name] = fm.mae(actual, point)
+        if values is not None and fitted.get("band_scale") is not None:  # and the raw band's
+            _, raw_values = adjust(point, values, naive, levels,
+                                           {"naive_weight": fitted.get("naive_weight")})
+            result["raw_bands"][name] = (raw_values[..., 0], raw_values[..., -1])
+        point, values = adjust(point, values, naive, levels, fitted)
         result["forecasts"][name] = point
         if values is not None:
-            scale = (band_scales or {}).get(name)
-            if scale is not None:  # keep the raw band's coverage for the report
-                result["raw_bands"][name] = (values[..., 0], values[..., -1])
-                values = fm.apply_band_scale(values, levels, scale)
             result["quantile_forecasts"][name] = values
             result["quantile_levels"][name] = tuple(levels)
     result["forecasts"].update(forecasts or {})
 
-    naive = fb.naive_forecast(history, horizon)
     if "naive" in baselines:
         result["forecasts"]["naive"] = naive
     if "seasonal_naive" in baselines:
@@ -251,6 +296,9 @@ def backtest(
             per = fm.coverage(actual, *result["raw_bands"][name])
             result["metrics"][name]["coverage_uncalibrated"] = float(np.mean(per))
             result["metrics"][name]["coverage_uncalibrated_per_horizon"] = per
+        if name in uncombined:
+            result["metrics"][name]["mae_uncombined"] = float(np.mean(uncombined[name]))
+            result["metrics"][name]["mae_uncombined_per_horizon"] = uncombined[name]
     return result
 
 
@@ -282,7 +330,7 @@ def _statistical(data, w, horizon, names, season, periods, fit_window, level, re
 
 # --------------------------------------------------------------------------- reporting
 
-TABLE_METRICS = ("mae", "rmse", "mase", "smape", "relative_mae", "direction_accuracy",
+TABLE_METRICS = ("mae", "mae_uncombined", "rmse", "mase", "smape", "relative_mae", "direction_accuracy",
                  "coverage", "coverage_uncalibrated", "pinball")
 
 
@@ -351,11 +399,11 @@ def write_report(result, out_dir, data, plot_windows=4):
     return rows
 
 
-def read_band_scale(workdir):
-    """The quantile band's conformal factors `(H, T)` that training wrote into the run's
-    preprocessing meta (what the export applies), or None."""
-    scale = read_meta(workdir).get("band_scale")
-    return None if scale is None else np.asarray(scale)
+def read_adjustments(workdir):
+    """`{name: (H, T) array}` of the adjustments training fitted on validation and wrote into
+    the run's preprocessing meta (what the export applies); empty if none."""
+    meta = read_meta(workdir)
+    return {k: np.asarray(meta[k]) for k in ADJUSTMENTS if meta.get(k) is not None}
 
 
 def evaluate_workdir(workdir, baselines=CHEAP_BASELINES, stride=None, model_path=None,
@@ -378,12 +426,12 @@ def evaluate_workdir(workdir, baselines=CHEAP_BASELINES, stride=None, model_path
         raise ValueError(f"{model_path} not found: the run did not finish (no model.keras)")
     model = keras.saving.load_model(model_path, compile=False)
     data = load_data(cfg)
-    band_scale = read_band_scale(workdir) if model_path == default_model else None
+    fitted = read_adjustments(workdir) if model_path == default_model else {}
     result = backtest(
         data, cfg.lookback, cfg.horizon, {cfg.model: model}, cfg.quantiles,
         stride=stride or cfg.backtest_stride, baselines=baselines,
         season=season or cfg.season, fit_window=fit_window,
-        band_scales={cfg.model: band_scale} if band_scale is not None else None,
+        adjustments={cfg.model: fitted},
     )
     out_dir = os.path.join(workdir, "evaluation")
     write_report(result, out_dir, data, cfg.plot_windows or 4)

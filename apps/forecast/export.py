@@ -21,8 +21,10 @@ the scaling and the returns. It returns
 
 For log-return targets the quantile prices compound each step's quantile return, exact at
 the first step and an approximation after it (as `ForecastData.to_original_units`); the
-conformal width factors training fitted on validation (`band_scale` in the meta) then
-scale each step's band around the median, as in evaluation.
+adjustments training fitted on validation are applied as in evaluation: with
+`--shrink_to_naive` the forecast is combined with the window's last value (`naive_weight`
+in the meta: `last + w * (forecast - last)`, quantiles shifted with their median), then the
+conformal width factors (`band_scale`) scale each step's band around the median.
 
 What the signature needs (lookback, frequency, column names, transform, scaler) is written
 next to the model as `<version>/forecast_meta.json`; `apps.forecast.predict` reads it.
@@ -135,16 +137,24 @@ def make_postprocess(meta):
     quantiles = meta["quantiles"]
     log_return = meta["target_transform"] == "log_return"
     band_scale = meta.get("band_scale")  # (H, T) conformal width factors, quantiles only
+    naive_weight = meta.get("naive_weight")  # (H, T) model weight against the random walk
     median = None if not quantiles else int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))
 
     def postprocess(outputs, inputs):
         y = tf.cast(outputs, tf.float64)  # (batch, H, T) or (batch, H, T, Q)
         extra = [1] if quantiles else []
         y = y * tf.reshape(std, [t, *extra]) + tf.reshape(mean, [t, *extra])
+        last = tf.cast(inputs["window"][:, -1, :t], tf.float64)  # (batch, T): the origin
+        last = tf.reshape(last, [-1, 1, t, *extra])
         if log_return:
-            last = tf.cast(inputs["window"][:, -1, :t], tf.float64)  # (batch, T): the origin
-            last = tf.reshape(last, [-1, 1, t, *extra])
             y = last * tf.exp(tf.cumsum(y, axis=1))
+        if naive_weight is not None:  # as metrics.apply_naive_weight
+            weight = tf.constant(np.asarray(naive_weight, np.float64)[:, :, None])
+            if quantiles:
+                mid = y[..., median : median + 1]
+                y = y + (1.0 - weight) * (last - mid)
+            else:
+                y = last + weight[..., 0] * (y - last)
         if not quantiles:
             return {"forecast": tf.cast(y, tf.float32)}
         if band_scale is not None:  # as metrics.apply_band_scale

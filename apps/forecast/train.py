@@ -25,7 +25,7 @@ import numpy as np
 
 from apps.forecast import plots
 from apps.forecast.config import PRESETS, Config
-from apps.forecast.evaluate import backtest, calibrate_quantiles, load_data
+from apps.forecast.evaluate import backtest, fit_adjustments, load_data
 from apps.forecast.export import (
     export_forecaster,
     forecast_meta,
@@ -42,6 +42,7 @@ NO_DECAY = ["bias", "gamma", "beta", "embeddings", "queries"]
 RESUME_MAY_CHANGE = (
     *training.AppConfig.RESUME_MAY_CHANGE, "plot_windows", "image_every_epochs",
     "early_stopping_patience", "eval_stride", "season", "calibrate_quantiles",
+    "shrink_to_naive",
 )
 
 
@@ -127,20 +128,29 @@ def run(cfg):
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # every worker, exact
     training.print_weights_fingerprint(model, strategy)  # multi-worker: equal everywhere
 
-    # Quantile models: conformal width factors of the band, fitted on validation windows.
-    band_scale = None
-    if cfg.quantiles and cfg.calibrate_quantiles:
-        band_scale, n = calibrate_quantiles(model, data, lookback, horizon, cfg.quantiles)
-        meta["band_scale"] = band_scale.tolist()
-        print(f"Quantile band calibrated on {n} validation windows: width x "
-              f"{', '.join(f'{v:.2f}' for v in band_scale.mean(axis=-1))} by horizon step")
-        if chief:  # evaluate and a later export read it from there
+    # Fitted on validation windows: the combination with the random walk (if asked for),
+    # then the quantile band's conformal width factors.
+    fitted = {}
+    if cfg.shrink_to_naive or (cfg.quantiles and cfg.calibrate_quantiles):
+        fitted, n = fit_adjustments(model, data, lookback, horizon, cfg.quantiles,
+                                    naive_weight=cfg.shrink_to_naive,
+                                    band_scale=bool(cfg.quantiles and cfg.calibrate_quantiles))
+        meta.update({k: v.tolist() for k, v in fitted.items()})
+        if "naive_weight" in fitted:
+            print(f"Combined with the random walk on {n} validation windows: model weight "
+                  f"{', '.join(f'{v:.2f}' for v in fitted['naive_weight'].mean(axis=-1))} "
+                  "by horizon step")
+        if "band_scale" in fitted:
+            print(f"Quantile band calibrated on {n} validation windows: width x "
+                  f"{', '.join(f'{v:.2f}' for v in fitted['band_scale'].mean(axis=-1))} "
+                  "by horizon step")
+        if chief:  # evaluate and a later export read them from there
             write_meta(workdir, meta)
 
     # The test backtest in original units, next to the naive and seasonal naive forecasts.
     result = backtest(data, lookback, horizon, {cfg.model: model}, cfg.quantiles,
                       stride=cfg.backtest_stride, season=cfg.season,
-                      band_scales=None if band_scale is None else {cfg.model: band_scale})
+                      adjustments={cfg.model: fitted})
     metrics = result["metrics"]
     mine = metrics[cfg.model]
     summary = {
@@ -169,12 +179,11 @@ def run(cfg):
         "num_replicas": strategy.num_replicas_in_sync,
         "global_batch_size": global_batch,
     }
-    for key in ("coverage", "coverage_uncalibrated", "direction_accuracy", "direction_p_value",
-                "pinball"):
+    for key in ("mae_uncombined", "coverage", "coverage_uncalibrated", "direction_accuracy",
+                "direction_p_value", "pinball"):
         if key in mine:
             summary[f"test_{key}"] = mine[key]
-    if band_scale is not None:
-        summary["band_scale"] = band_scale.tolist()
+    summary.update({k: v.tolist() for k, v in fitted.items()})
     if chief:
         model.save(os.path.join(workdir, "model.keras"))
         export_dir = os.path.join(workdir, "export")
@@ -194,6 +203,9 @@ def print_next_steps(cfg, summary):
           f"origins (naive {summary['test_mae_naive']:.4f}, seasonal naive "
           f"{summary['test_mae_seasonal_naive']:.4f}; MASE {summary['test_mase']:.3f}) after "
           f"{training.epochs_text(summary)}")
+    if "test_mae_uncombined" in summary:
+        print(f"(combined with the random walk at the weights fitted on validation; the model "
+              f"alone: test MAE {summary['test_mae_uncombined']:.4f})")
     if "test_coverage" in summary:
         raw = summary.get("test_coverage_uncalibrated")
         print(f"P{100 * cfg.quantiles[0]:g}-P{100 * cfg.quantiles[-1]:g} coverage "

@@ -169,3 +169,43 @@ def test_band_scale_rejects_bad_shapes_and_levels():
         metrics.fit_band_scale(y, q, (0.1, 0.9))
     with pytest.raises(ValueError, match="below and above 0.5"):
         metrics.fit_band_scale(y, q, (0.5, 0.6, 0.7))
+
+
+def test_naive_weight_keeps_a_good_model_and_drops_noise():
+    # Random-walk outcomes: the last value 100 plus a step; a model that sees 80% of the step
+    # (plus a little noise) keeps a high weight, one that forecasts pure noise gets 0.
+    rng = np.random.default_rng(0)
+    step = rng.standard_normal((4000, 2, 1))
+    naive = np.full_like(step, 100.0)
+    y = naive + step
+    good = naive + 0.8 * step + 0.1 * rng.standard_normal(step.shape)
+    noise = naive + rng.standard_normal(step.shape)
+    w_good = metrics.fit_naive_weight(y, good, naive)
+    assert w_good.shape == (2, 1) and np.all(w_good >= 0.9)
+    np.testing.assert_array_equal(metrics.fit_naive_weight(y, noise, naive), 0.0)
+    # Half the signal and as much noise as signal: an interior weight (least squares would
+    # give 0.5 / (0.25 + 1) = 0.4), and on the outcomes it was fitted on the combination is
+    # at least as good as either end.
+    mixed = naive + 0.5 * step + rng.standard_normal(step.shape)
+    w = metrics.fit_naive_weight(y, mixed, naive)
+    assert np.all((w > 0.2) & (w < 0.9))
+    combined = metrics.apply_naive_weight(mixed, naive, w)
+    assert np.all(metrics.mae(y, combined) <= metrics.mae(y, mixed))
+    assert np.all(metrics.mae(y, combined) <= metrics.mae(y, naive))
+
+
+def test_naive_weight_by_hand_with_unknown_outcomes_and_quantiles():
+    # Outcomes 1, 1, nan against the naive 0 and a forecast of 2: |1 - 2w| is smallest at
+    # w = 0.5; the unknown outcome is left out; no known outcome at all gives 1.
+    y = np.array([1.0, 1.0, np.nan]).reshape(3, 1, 1)
+    naive, forecast = np.zeros_like(y), np.full_like(y, 2.0)
+    np.testing.assert_allclose(metrics.fit_naive_weight(y, forecast, naive), [[0.5]])
+    np.testing.assert_allclose(metrics.fit_naive_weight(y[2:], forecast[2:], naive[2:]), [[1.0]])
+    # Ties keep the most of the model: a forecast equal to the naive one gets weight 1.
+    np.testing.assert_allclose(metrics.fit_naive_weight(y, naive, naive), [[1.0]])
+    # Quantiles move with their median: P10/P50/P90 of 1/2/4 at weight 0.5 against 0.
+    q = np.array([1.0, 2.0, 4.0]).reshape(1, 1, 1, 3)
+    out = metrics.apply_naive_weight(q, np.zeros((1, 1, 1)), np.array([[0.5]]), (0.1, 0.5, 0.9))
+    np.testing.assert_allclose(out[0, 0, 0], [0.0, 1.0, 3.0])
+    with pytest.raises(ValueError, match=r"grid must be weights in \[0, 1\]"):
+        metrics.fit_naive_weight(y, forecast, naive, grid=[0.5, 2.0])

@@ -27,12 +27,15 @@ pytestmark = pytest.mark.xdist_group("forecast_e2e")  # one worker trains the sh
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 # S&P 500 closes as log returns, quantiles P10/P50/P90; every 5th window keeps it quick.
 STOCK = dict(PRESETS["test"], data="sp500", lookback=20, horizon=5, quantiles=(0.1, 0.5, 0.9),
-             patch_len=5, patch_stride=5, train_stride=5, val_stride=5, eval_stride=5)
+             patch_len=5, patch_stride=5, train_stride=5, val_stride=5, eval_stride=5,
+             shrink_to_naive=True)
 
 
 @pytest.fixture(scope="module")
 def weather(tmp_path_factory):
-    cfg = Config(**PRESETS["test"], workdir=str(tmp_path_factory.mktemp("weather") / "run"))
+    # Combined with the random walk at weights fitted on validation (the point-forecast path).
+    cfg = Config(**PRESETS["test"], shrink_to_naive=True,
+                 workdir=str(tmp_path_factory.mktemp("weather") / "run"))
     return cfg, ftr.run(cfg)
 
 
@@ -86,31 +89,50 @@ def test_stock_run_forecasts_quantile_prices(stock):
     assert 5 < summary["test_mae_naive"] < 100 and summary["test_mae"] < 200
     meta = fex.read_meta(summary["saved_model"], fex.META_FILE)
     assert meta["window_length"] == cfg.lookback + 1 and meta["target_transform"] == "log_return"
-    # The band's conformal factors: one per horizon step, in the summary, the workdir and
-    # the export's meta; the backtest's coverage is that of the scaled band.
-    scale = fev.read_band_scale(cfg.workdir)
-    assert scale.shape == (cfg.horizon, 1) and np.all(scale > 0)
+    # The random-walk weights and the band's conformal factors: one per horizon step, in
+    # the summary, the workdir and the export's meta; the backtest scores the adjusted
+    # forecasts and reports the model alone next to them.
+    fitted = fev.read_adjustments(cfg.workdir)
+    weight, scale = fitted["naive_weight"], fitted["band_scale"]
+    assert scale.shape == weight.shape == (cfg.horizon, 1) and np.all(scale > 0)
+    assert np.all((weight >= 0) & (weight <= 1))
     assert meta["band_scale"] == summary["band_scale"] == scale.tolist()
+    assert meta["naive_weight"] == summary["naive_weight"] == weight.tolist()
     data = fev.load_data(cfg)
     model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"), compile=False)
     args = (data, cfg.lookback, cfg.horizon, {"patchtst": model}, cfg.quantiles)
-    scaled = fev.backtest(*args, stride=cfg.backtest_stride, band_scales={"patchtst": scale})
+    adjusted = fev.backtest(*args, stride=cfg.backtest_stride, adjustments={"patchtst": fitted})
+    combined = fev.backtest(*args, stride=cfg.backtest_stride,
+                            adjustments={"patchtst": {"naive_weight": weight}})
     raw = fev.backtest(*args, stride=cfg.backtest_stride)
-    assert scaled["metrics"]["patchtst"]["coverage"] == pytest.approx(summary["test_coverage"])
+    mine = adjusted["metrics"]["patchtst"]
+    assert mine["coverage"] == pytest.approx(summary["test_coverage"])
+    assert mine["mae"] == pytest.approx(summary["test_mae"])
+    assert mine["mae_uncombined"] == pytest.approx(raw["metrics"]["patchtst"]["mae"])
     evaluated = fev.evaluate_workdir(cfg.workdir, baselines=("naive",))  # reads the factors
     assert evaluated["metrics"]["patchtst"]["coverage"] == pytest.approx(summary["test_coverage"])
-    # The median (the point forecast) does not move; the band does.
-    assert scaled["metrics"]["patchtst"]["mae"] == pytest.approx(raw["metrics"]["patchtst"]["mae"])
-    assert scaled["metrics"]["patchtst"]["coverage_uncalibrated"] == pytest.approx(
-        raw["metrics"]["patchtst"]["coverage"])
+    assert evaluated["metrics"]["patchtst"]["mae"] == pytest.approx(summary["test_mae"])
+    # The band's factors leave the median (the point forecast) where the combination put it.
+    assert mine["mae"] == pytest.approx(combined["metrics"]["patchtst"]["mae"])
+    assert mine["coverage_uncalibrated"] == pytest.approx(
+        combined["metrics"]["patchtst"]["coverage"])
     assert "coverage_uncalibrated" not in raw["metrics"]["patchtst"]
-    np.testing.assert_allclose(scaled["quantile_forecasts"]["patchtst"], fm.apply_band_scale(
-        raw["quantile_forecasts"]["patchtst"], cfg.quantiles, scale))
-    # On the validation windows it was fitted on, the band covers at least its 80%.
+    assert "mae_uncombined" not in raw["metrics"]["patchtst"]
+    naive = adjusted["forecasts"]["naive"]
+    np.testing.assert_allclose(
+        adjusted["forecasts"]["patchtst"],
+        naive + weight[None] * (raw["forecasts"]["patchtst"] - naive), rtol=1e-12)
+    np.testing.assert_allclose(adjusted["quantile_forecasts"]["patchtst"], fm.apply_band_scale(
+        combined["quantile_forecasts"]["patchtst"], cfg.quantiles, scale))
+    # On the validation windows they were fitted on, the combination is no worse than the
+    # model alone and the band covers at least its 80%.
     w = data.windows("val", cfg.lookback, cfg.horizon, 1)
-    _, values = fev.model_forecast(model, data, w, cfg.quantiles)
-    values = fm.apply_band_scale(values, cfg.quantiles, scale)
-    actual = data.raw_windows(w, lookback=cfg.lookback).future_targets
+    point, values = fev.model_forecast(model, data, w, cfg.quantiles)
+    val_raw = data.raw_windows(w, lookback=cfg.lookback)
+    actual = val_raw.future_targets
+    val_naive = np.repeat(val_raw.last_targets[:, None, :], cfg.horizon, axis=1)
+    new_point, values = fev.adjust(point, values, val_naive, cfg.quantiles, fitted)
+    assert np.all(fm.mae(actual, new_point) <= fm.mae(actual, point) + 1e-9)
     # (less one window for the boundary outcome's rounding)
     assert np.all(fm.coverage(actual, values[..., 0], values[..., -1]) >= 0.8 - 1 / len(w.origin))
     assert _tags(os.path.join(cfg.workdir, "tensorboard", "images")) >= {"forecasts"}
@@ -123,8 +145,16 @@ def _python_and_served(cfg, summary):
     model = keras.saving.load_model(os.path.join(cfg.workdir, "model.keras"), compile=False)
     w = data.windows("test", cfg.lookback, cfg.horizon, cfg.backtest_stride)
     python = data.to_original_units(model.predict(w.past, verbose=0), w)
-    if cfg.quantiles is not None:  # the conformal band factors training fitted on validation
-        python = fm.apply_band_scale(python, cfg.quantiles, fev.read_band_scale(cfg.workdir))
+    # What training fitted on validation: the random-walk weights, the band's factors.
+    fitted = fev.read_adjustments(cfg.workdir)
+    assert "naive_weight" in fitted
+    last = data.raw_windows(w, lookback=cfg.lookback).last_targets
+    naive = np.repeat(last[:, None, :], cfg.horizon, axis=1)
+    if cfg.quantiles is None:
+        python, _ = fev.adjust(python, None, naive, None, fitted)
+    else:
+        _, python = fev.adjust(fev.point_forecast(python, cfg.quantiles), python, naive,
+                               cfg.quantiles, fitted)
     meta = fex.read_meta(summary["saved_model"], fex.META_FILE)
     inputs = fex.raw_inputs(data, w, meta)
     fn = tf.saved_model.load(summary["saved_model"]).signatures["serving_default"]
