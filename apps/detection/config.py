@@ -87,6 +87,10 @@ class Config(AppConfig):
     two_stage: bool | None = config_field(
         None, "detr: queries start at the encoder's top proposals (two-stage); none: default (off)"
     )
+    denoising_groups: int | None = config_field(
+        None, "detr: training adds this many noised copies of every target box as queries "
+        "that must reconstruct it (DN-DETR); none: default (0, off)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")

@@ -10,6 +10,7 @@ DETR (Carion et al. 2020), per decoder layer (the final one and each auxiliary o
         l1:    sum over matched pairs of |cxcywh - cxcywh| / number of real boxes (>= 1)
         giou:  sum over matched pairs of 1 - GIoU / number of real boxes (>= 1)
     loss = sum over layers of class_weight * class + l1_weight * l1 + giou_weight * giou
+    (+ the same three terms for denoising queries, which answer fixed target slots)
 
 Dense (FCOS, Tian et al. 2019), everything static-shaped so it compiles with XLA:
 
@@ -70,8 +71,31 @@ def _detr_layer_loss(targets, logits, boxes, num_classes, num_boxes, no_object_w
     return total, class_loss, l1_loss, giou_loss
 
 
+def _denoising_loss(targets, logits, boxes, groups, class_weight, l1_weight, giou_weight):
+    """The denoising queries' reconstruction loss over all decoder layers: query j of group
+    g answers target slot j, so no matching; class cross-entropy (true class) averaged and
+    L1 + GIoU summed over the real slots, divided by their number."""
+    labels = tf.cast(targets["labels"], tf.int32)  # [B, M]
+    target_boxes = tf.cast(targets["boxes"], tf.float32)
+    valid = tf.cast(tf.tile(labels >= 0, [1, groups]), tf.float32)  # [B, G*M]
+    labels = tf.tile(tf.maximum(labels, 0), [1, groups])
+    target_boxes = tf.tile(target_boxes, [1, groups, 1])
+    count = tf.maximum(tf.reduce_sum(valid), 1.0)
+    total = 0.0
+    for i in range(logits.shape[0]):
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, tf.cast(logits[i], tf.float32))
+        layer_boxes = tf.cast(boxes[i], tf.float32)
+        l1 = tf.reduce_sum(tf.abs(layer_boxes - box_ops.xyxy_to_cxcywh(target_boxes)), axis=-1)
+        giou = box_ops.elementwise_giou(box_ops.cxcywh_to_xyxy(layer_boxes), target_boxes)
+        total += (class_weight * tf.reduce_sum(valid * cross_entropy)
+                  + l1_weight * tf.reduce_sum(valid * l1)
+                  + giou_weight * tf.reduce_sum(valid * (1.0 - giou))) / count
+    return total
+
+
 def detr_loss(targets, outputs, num_classes, no_object_weight=0.1, class_weight=1.0,
-              l1_weight=5.0, giou_weight=2.0):
+              l1_weight=5.0, giou_weight=2.0, denoising_groups=0):
     """DETR's Hungarian set loss, auxiliary decoder layers included.
 
     Args:
@@ -80,11 +104,14 @@ def detr_loss(targets, outputs, num_classes, no_object_weight=0.1, class_weight=
         outputs: dict with "logits" [B, Q, K+1] (index K = no-object), "boxes" [B, Q, 4]
             normalised cxcywh, and optionally "aux_logits" [L-1, B, Q, K+1] and
             "aux_boxes" [L-1, B, Q, 4] of the intermediate decoder layers, and
-            "enc_logits"/"enc_boxes" of two-stage proposals (one more set loss term).
+            "enc_logits"/"enc_boxes" of two-stage proposals (one more set loss term), and
+            "dn_logits" [L, B, G*M, K+1] / "dn_boxes" [L, B, G*M, 4] of denoising queries
+            (slot j of group g reconstructs target slot j: no matching).
         num_classes: K.
         no_object_weight: cross-entropy weight of the no-object class (DETR's eos_coef).
         class_weight, l1_weight, giou_weight: weights of the terms, in the matching cost
             and in the loss alike (as in DETR).
+        denoising_groups: G of "dn_logits" (required with them).
 
     Returns:
         dict of scalar float32 tensors: "loss" (weighted sum over all decoder layers, the
@@ -109,6 +136,11 @@ def detr_loss(targets, outputs, num_classes, no_object_weight=0.1, class_weight=
             total += _detr_layer_loss(targets, aux_logits[i], aux_boxes[i], *layer)[0]
     if "enc_logits" in outputs:  # two-stage proposals: the same set loss over memory tokens
         total += _detr_layer_loss(targets, outputs["enc_logits"], outputs["enc_boxes"], *layer)[0]
+    if "dn_logits" in outputs:
+        if denoising_groups < 1:
+            raise ValueError("`outputs` has denoising queries: pass their `denoising_groups`")
+        total += _denoising_loss(targets, outputs["dn_logits"], outputs["dn_boxes"],
+                                 denoising_groups, class_weight, l1_weight, giou_weight)
     return {"loss": total, "class_loss": class_loss, "l1_loss": l1_loss,
             "giou_loss": giou_loss}
 

@@ -54,8 +54,13 @@ What makes the DETR head converge in a CPU budget (DETR itself needs 500 epochs 
       DINO's mixed query selection): each memory token proposes a class and a box around
       its cell, trained with the same set loss; the decoder's reference boxes start at the
       top-Q proposals, so queries begin on likely objects rather than on a fixed layout.
-Left out: denoising queries (DN-DETR, Li et al. 2022; they need the targets inside the
-forward pass), DAB-DETR's width/height-modulated cross-attention and Conditional DETR's
+    - optional denoising queries (`denoising_groups=G`; DN-DETR, Li et al. 2022): in
+      training, G noised copies of every target box (and class) are decoded as extra
+      queries that must reconstruct them, a matching-free box and class signal for the
+      decoder from the first step. `Detector.train_step` calls the model on
+      `(images, targets)` for that; each group is decoded as its own batch row instead of
+      DN-DETR's attention mask, so no group and no matching query sees another's answer.
+Left out: DAB-DETR's width/height-modulated cross-attention and Conditional DETR's
 concatenated spatial query (both need a custom attention; tfattn's decoder block takes
 one query tensor), and multi-scale deformable attention.
 
@@ -97,7 +102,8 @@ DEFAULTS = {
                   attention_reduction=8, attention_kernel_size=7),
     "detr": dict(hidden_dim=128, num_heads=4, intermediate_dim=256, dropout_rate=0.1,
                  num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
-                 memory_stride=16, prior_probability=None, two_stage=False),
+                 memory_stride=16, prior_probability=None, two_stage=False,
+                 denoising_groups=0),
 }
 BACKBONE_DEFAULTS = {
     "cnn": dict(backbone_widths=(32, 64, 128, 256), activation="silu"),
@@ -106,7 +112,7 @@ BACKBONE_DEFAULTS = {
 }
 # The hyperparameters the training CLI exposes (apps/detection/config.py fields).
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
-                 "num_decoder_layers", "dropout_rate", "two_stage")
+                 "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups")
 
 
 def _upsample2x(x):
@@ -427,11 +433,26 @@ class DETRHead(keras.layers.Layer):
             anchors (Deformable DETR's two-stage variant, Zhu et al. 2021; DINO's "mixed
             query selection", Zhang et al. 2023: boxes selected, content queries learned).
             Where the memory has fewer than Q tokens the rest keep their learned anchors.
+        denoising_groups: G > 0 adds DN-DETR's denoising task in training (Li et al. 2022):
+            every target box, its centre moved by up to `box_noise` x half its size and its
+            sides scaled by up to 1 +- `box_noise`, its class flipped to a random one with
+            probability `label_noise`, becomes a query (content: a learned embedding of
+            its class; reference: the noised box) that must reconstruct the box and class,
+            G noised copies of each. Those queries need no matching, so the decoder gets a
+            stable box-regression signal from the first step, which is what shortens
+            DETR's training there. Here each group is decoded as its own batch row (DN-DETR
+            masks attention instead): no group sees another's answers and the matching
+            queries never see any. Inference is unchanged.
+        seed: seed of the denoising noise.
 
     Call arguments:
         features: the memory level `(B, h, w, hidden_dim)`.
         return_attention: also return the last layer's cross-attention `(B, Q, h, w)`,
             averaged over heads.
+        targets: training targets {"boxes" (B, M, 4) normalised xyxy, "labels" (B, M),
+            -1 = padding}: with `denoising_groups` the outputs gain "dn_logits"
+            `(L, B, G*M, K+1)` and "dn_boxes" `(L, B, G*M, 4)` (slot order, group after
+            group).
 
     Returns:
         dict "logits" `(B, Q, K+1)`, "boxes" `(B, Q, 4)` cxcywh in (0, 1), and for L > 1
@@ -441,8 +462,11 @@ class DETRHead(keras.layers.Layer):
 
     def __init__(self, num_classes, hidden_dim=128, num_heads=4, intermediate_dim=256,
                  dropout_rate=0.0, num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
-                 prior_probability=None, two_stage=False, **kwargs):
+                 prior_probability=None, two_stage=False, denoising_groups=0, box_noise=0.4,
+                 label_noise=0.2, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if denoising_groups < 0:
+            raise ValueError(f"`denoising_groups` must be >= 0; got {denoising_groups}.")
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -453,6 +477,12 @@ class DETRHead(keras.layers.Layer):
         self.num_decoder_layers = num_decoder_layers
         self.prior_probability = prior_probability
         self.two_stage = bool(two_stage)
+        self.denoising_groups = int(denoising_groups)
+        self.box_noise = float(box_noise)
+        self.label_noise = float(label_noise)
+        self.seed = seed
+        if self.denoising_groups:
+            self.seed_generator = keras.random.SeedGenerator(seed, name="denoising_seed")
 
     def build(self, features_shape):
         dim, block_args = self.hidden_dim, (self.num_heads, self.intermediate_dim)
@@ -479,6 +509,10 @@ class DETRHead(keras.layers.Layer):
             name="reference_logits", shape=(self.num_queries, 4), initializer="zeros")
         anchors = anchor_boxes(self.num_queries)
         self.reference_logits.assign(np.log(anchors / (1.0 - anchors)))
+        if self.denoising_groups:  # content queries of the denoising boxes, by class
+            self.label_embeddings = self.add_weight(
+                name="label_embeddings", shape=(self.num_classes, dim),
+                initializer=keras.initializers.RandomNormal(stddev=0.1))
         if self.two_stage:
             self.proposal_norm = keras.layers.LayerNormalization(epsilon=1e-6,
                                                                  name="proposal_norm")
@@ -519,7 +553,68 @@ class DETRHead(keras.layers.Layer):
         boxes = ops.sigmoid(ops.cast(delta, "float32") + inverse_sigmoid(reference))
         return ops.cast(logits, "float32"), boxes
 
-    def call(self, features, training=None, return_attention=False):
+    def _decode(self, content, reference, memory, grid, training, padding_mask=None,
+                return_attention=False):
+        """The decoder layers from content queries `(B, N, D)` and reference boxes
+        `(B, N, 4)`: per-layer logits and boxes (lists), and the last layer's
+        cross-attention if asked for."""
+        all_logits, all_boxes, attention = [], [], None
+        for i, block in enumerate(self.decoder):
+            query_pos = self.query_position(box_sine_embedding(reference, grid, self.hidden_dim))
+            query_pos = ops.cast(query_pos, content.dtype)
+            if i == len(self.decoder) - 1 and return_attention:
+                x, _, attention = block(content + query_pos, memory, use_causal_mask=False,
+                                        decoder_padding_mask=padding_mask,
+                                        return_attention_scores=True, training=training)
+            else:
+                x = block(content + query_pos, memory, use_causal_mask=False,
+                          decoder_padding_mask=padding_mask, training=training)
+            content = x - query_pos  # position steers the block, content carries on
+            logits, boxes = self._heads(content, reference)
+            all_logits.append(logits)
+            all_boxes.append(boxes)
+            # Deformable DETR: the next layer refines a detached box.
+            reference = ops.stop_gradient(boxes)
+        return all_logits, all_boxes, attention
+
+    def _denoise(self, targets, memory, grid, training):
+        """DN-DETR's denoising queries: every real target box, noised, in
+        `denoising_groups` groups; each group is decoded on its own (as separate batch
+        rows: no group and no matching query sees another's answer) and must reconstruct
+        its boxes and classes. Returns logits `(L, B, G*M, K+1)` and boxes `(L, B, G*M, 4)`
+        in the targets' slot order, group after group."""
+        groups = self.denoising_groups
+        boxes = ops.cast(targets["boxes"], "float32")  # (B, M, 4) xyxy
+        labels = ops.cast(targets["labels"], "int32")  # (B, M), -1 = padding
+        m = boxes.shape[1]
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0
+        size = ops.maximum(boxes[..., 2:] - boxes[..., :2], 1e-3)
+        centre, size = ops.repeat(centre, groups, axis=0), ops.repeat(size, groups, axis=0)
+        valid = ops.repeat(labels >= 0, groups, axis=0)  # (B*G, M), group-major per image
+        labels = ops.repeat(ops.maximum(labels, 0), groups, axis=0)
+        # Box noise (DN-DETR): the centre moves up to `box_noise` x half the size, each side
+        # length scales by up to 1 +- `box_noise`; labels flip to a random class.
+        shape = ops.shape(centre)
+        shift = keras.random.uniform(shape, -1.0, 1.0, seed=self.seed_generator)
+        scale = keras.random.uniform(shape, -1.0, 1.0, seed=self.seed_generator)
+        centre = centre + shift * size * (self.box_noise / 2.0)
+        size = size * (1.0 + scale * self.box_noise)
+        noised = ops.clip(ops.concatenate([centre, size], axis=-1), 1e-3, 1.0 - 1e-3)
+        flip = keras.random.uniform(ops.shape(labels), seed=self.seed_generator) < self.label_noise
+        random_labels = ops.cast(keras.random.randint(ops.shape(labels), 0, self.num_classes,
+                                                      seed=self.seed_generator), "int32")
+        labels = ops.where(flip, random_labels, labels)
+        content = ops.cast(ops.take(self.label_embeddings, labels, axis=0), memory.dtype)
+        # (B*G, hw, D); an empty batch's filler image (see `nonempty_batch`) is dropped.
+        memory = ops.repeat(memory[: ops.shape(boxes)[0]], groups, axis=0)
+        logits, out_boxes, _ = self._decode(content, ops.stop_gradient(noised), memory, grid,
+                                            training, padding_mask=valid)
+        k1 = self.num_classes + 1
+        logits = ops.reshape(ops.stack(logits), (len(self.decoder), -1, groups * m, k1))
+        out_boxes = ops.reshape(ops.stack(out_boxes), (len(self.decoder), -1, groups * m, 4))
+        return logits, out_boxes
+
+    def call(self, features, training=None, return_attention=False, targets=None):
         grid = (features.shape[1], features.shape[2])
         dim = self.hidden_dim
         positions = self.memory_positions(features)  # (B, h, w, D)
@@ -546,28 +641,18 @@ class DETRHead(keras.layers.Layer):
             _, top = ops.top_k(ops.stop_gradient(objectness), chosen)
             picked = ops.stop_gradient(ops.take_along_axis(enc_boxes, top[..., None], axis=1))
             reference = ops.concatenate([picked, reference[:, chosen:]], axis=1)
-        all_logits, all_boxes, attention = [], [], None
-        for i, block in enumerate(self.decoder):
-            query_pos = self.query_position(box_sine_embedding(reference, grid, dim))
-            query_pos = ops.cast(query_pos, content.dtype)
-            last = i == len(self.decoder) - 1
-            if last and return_attention:
-                x, _, attention = block(content + query_pos, memory, use_causal_mask=False,
-                                        return_attention_scores=True, training=training)
-            else:
-                x = block(content + query_pos, memory, use_causal_mask=False, training=training)
-            content = x - query_pos  # position steers the block, content carries on
-            logits, boxes = self._heads(content, reference)
-            all_logits.append(logits)
-            all_boxes.append(boxes)
-            # Deformable DETR: the next layer refines a detached box.
-            reference = ops.stop_gradient(boxes)
+        all_logits, all_boxes, attention = self._decode(content, reference, memory, grid,
+                                                        training,
+                                                        return_attention=return_attention)
         outputs = {"logits": all_logits[-1], "boxes": all_boxes[-1]}
         if len(self.decoder) > 1:
             outputs["aux_logits"] = ops.stack(all_logits[:-1])  # (L-1, B, Q, K+1)
             outputs["aux_boxes"] = ops.stack(all_boxes[:-1])  # (L-1, B, Q, 4)
         if self.two_stage:
             outputs["enc_logits"], outputs["enc_boxes"] = enc_logits, enc_boxes
+        if targets is not None and self.denoising_groups:
+            outputs["dn_logits"], outputs["dn_boxes"] = self._denoise(targets, memory, grid,
+                                                                      training)
         if return_attention:
             attention = ops.mean(ops.cast(attention, "float32"), axis=1)  # (B, Q, hw)
             return outputs, ops.reshape(attention, (-1, self.num_queries, *grid))
@@ -580,7 +665,9 @@ class DETRHead(keras.layers.Layer):
                       dropout_rate=self.dropout_rate, num_queries=self.num_queries,
                       num_encoder_layers=self.num_encoder_layers,
                       num_decoder_layers=self.num_decoder_layers,
-                      prior_probability=self.prior_probability, two_stage=self.two_stage)
+                      prior_probability=self.prior_probability, two_stage=self.two_stage,
+                      denoising_groups=self.denoising_groups, box_noise=self.box_noise,
+                      label_noise=self.label_noise, seed=self.seed)
         return config
 
 
@@ -709,6 +796,8 @@ class Detector(keras.Model):
         no_object_weight: DETR's cross-entropy weight of the no-object class (the dense
             head ignores it).
         two_stage: DETR: queries start at the encoder's top proposals (see `DETRHead`).
+        denoising_groups: DETR: noised copies of the targets as extra training queries
+            (DN-DETR, see `DETRHead`); 0 = off.
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -726,7 +815,7 @@ class Detector(keras.Model):
                  position_embedding="learned", num_queries=32, num_encoder_layers=1,
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
-                 two_stage=False, **kwargs):
+                 two_stage=False, denoising_groups=0, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -759,7 +848,8 @@ class Detector(keras.Model):
             memory_stride=memory_stride, num_convs=num_convs,
             attention_reduction=attention_reduction,
             attention_kernel_size=attention_kernel_size, prior_probability=prior_probability,
-            no_object_weight=no_object_weight, two_stage=bool(two_stage))
+            no_object_weight=no_object_weight, two_stage=bool(two_stage),
+            denoising_groups=int(denoising_groups))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -774,7 +864,7 @@ class Detector(keras.Model):
             self.detection_head = DETRHead(
                 num_classes, hidden_dim, num_heads, intermediate_dim, dropout_rate, num_queries,
                 num_encoder_layers, num_decoder_layers, prior_probability, two_stage,
-                name="detr_head")
+                denoising_groups, name="detr_head")
             names = ("class_loss", "l1_loss", "giou_loss")
         else:
             self.detection_head = DenseHead(num_classes, hidden_dim, num_convs,
@@ -789,7 +879,7 @@ class Detector(keras.Model):
         self._forward(keras.KerasTensor((1, self.image_size, self.image_size, 3)))
         self.built = True
 
-    def _forward(self, images, training=None, return_attention=False):
+    def _forward(self, images, training=None, return_attention=False, targets=None):
         expected = (self.image_size, self.image_size, 3)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"`images` must have shape (batch, {self.image_size}, "
@@ -803,12 +893,12 @@ class Detector(keras.Model):
         levels = self.backbone((images - mean) / std, training=training)
         if self.head == "detr":
             result = self.detection_head(levels[0], training=training,
-                                         return_attention=return_attention)
+                                         return_attention=return_attention, targets=targets)
         else:
             result = self.detection_head(levels, return_attention=return_attention)
         outputs, attention = result if return_attention else (result, None)
         if not isinstance(batch, int) or batch == 0:  # drop the filler row, if any
-            outputs = {key: (value[:, :batch] if key.startswith("aux_") else value[:batch])
+            outputs = {key: (value[:, :batch] if key.startswith(("aux_", "dn_")) else value[:batch])
                        for key, value in outputs.items()}
             if attention is not None:
                 attention = ([a[:batch] for a in attention] if isinstance(attention, list)
@@ -816,7 +906,18 @@ class Detector(keras.Model):
         return outputs, attention
 
     def call(self, images, training=None):
-        return self._forward(images, training=training)[0]
+        targets = None
+        if isinstance(images, (tuple, list)):  # (images, targets) from train_step
+            images, targets = images
+        return self._forward(images, training=training, targets=targets)[0]
+
+    def train_step(self, data):
+        """Keras's train step; with DETR denoising queries the model is called on
+        `(images, targets)`, since those queries are built from the targets."""
+        if self.head == "detr" and self.hparams["denoising_groups"]:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            data = keras.utils.pack_x_y_sample_weight((x, y), y, sample_weight)
+        return super().train_step(data)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         from apps.detection import losses  # the matcher imports scipy; only when training
@@ -827,7 +928,8 @@ class Detector(keras.Model):
             y_pred = self(x, training=training)
         if self.head == "detr":
             parts = losses.detr_loss(y, y_pred, self.num_classes,
-                                     no_object_weight=self.hparams["no_object_weight"])
+                                     no_object_weight=self.hparams["no_object_weight"],
+                                     denoising_groups=self.hparams["denoising_groups"])
         else:
             parts = losses.dense_loss(y, y_pred, self.image_size, self.strides)
         for tracker in self.loss_trackers:

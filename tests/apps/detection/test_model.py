@@ -238,3 +238,93 @@ def test_two_stage_queries_start_at_the_top_proposals():
     assert float(with_enc) > float(without)
     clone = det.Detector.from_config(model.get_config())
     assert clone.detection_head.two_stage and clone.hparams["two_stage"] is True
+
+
+def test_denoising_queries_reconstruct_their_targets_and_leave_inference_alone():
+    from apps.detection import losses
+
+    groups = 3
+    model = _build("detr", denoising_groups=groups, seed=2)
+    head = model.detection_head
+    images, targets = _scenes(3)  # 2, 3 and 0 boxes in slots of 4
+    plain = model(images, training=False)
+    assert not any(k.startswith("dn_") for k in plain)
+    out = model((images, targets), training=True)
+    layers, m = 2, targets["labels"].shape[1]
+    assert out["dn_logits"].shape == (layers, 3, groups * m, K + 1)
+    assert out["dn_boxes"].shape == (layers, 3, groups * m, 4)
+    # Without noise an untrained layer 0 returns its reference (the box output starts at
+    # zero): the target boxes themselves, in slot order, group after group.
+    head.box_noise, head.label_noise = 0.0, 0.0
+    clean = model((images, targets), training=True)
+    real = targets["labels"] >= 0
+    boxes = targets["boxes"]
+    cxcywh = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2,
+                             boxes[..., 2:] - boxes[..., :2]], -1)
+    first = clean["dn_boxes"][0].numpy().reshape(3, groups, m, 4)
+    for g in range(groups):
+        np.testing.assert_allclose(first[:, g][real], cxcywh[real], atol=1e-4)
+    # Groups are decoded apart: every clean group's last layer equals a lone group's (one
+    # sequence of all groups would let them attend to each other and differ).
+    head.denoising_groups = 1
+    alone = model((images, targets), training=True)["dn_logits"][-1].numpy()
+    head.denoising_groups = groups
+    last = clean["dn_logits"][-1].numpy().reshape(3, groups, m, K + 1)
+    for g in range(groups):
+        np.testing.assert_allclose(last[:, g][real], alone[real], atol=1e-4)
+    # With noise, layer 0's references move by at most the noise bounds.
+    head.box_noise = 0.4
+    noisy = model((images, targets), training=True)["dn_boxes"][0].numpy().reshape(3, groups, m, 4)
+    size = cxcywh[..., 2:]
+    for g in range(groups):
+        shift = np.abs(noisy[:, g, :, :2] - cxcywh[..., :2])[real]
+        assert np.all(shift <= 0.2 * size[real] + 1e-4) and np.any(shift > 1e-3)
+        ratio = noisy[:, g, :, 2:][real] / size[real]
+        assert np.all((ratio >= 0.6 - 1e-3) & (ratio <= 1.4 + 1e-3))
+    # The matching queries never see the denoising ones: their outputs are those of the
+    # same training-mode pass without targets (BatchNorm uses the batch's statistics).
+    np.testing.assert_allclose(clean["logits"], model(images, training=True)["logits"],
+                               atol=1e-5)
+    # The loss gains the denoising term; it needs the group count.
+    with_dn = losses.detr_loss(targets, clean, K, denoising_groups=groups)["loss"]
+    without = losses.detr_loss(targets, {k: v for k, v in clean.items()
+                                         if not k.startswith("dn_")}, K)["loss"]
+    assert float(with_dn) > float(without)
+    with pytest.raises(ValueError, match="pass their `denoising_groups`"):
+        losses.detr_loss(targets, clean, K)
+    clone = det.Detector.from_config(model.get_config())
+    assert clone.detection_head.denoising_groups == groups
+
+
+def test_denoising_loss_is_zero_for_a_perfect_reconstruction():
+    from apps.detection import losses
+
+    _, targets = _scenes(3)
+    groups = 2
+    boxes = targets["boxes"]
+    cxcywh = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2,
+                             boxes[..., 2:] - boxes[..., :2]], -1)
+    dn_boxes = np.tile(cxcywh, (1, groups, 1))[None].astype("float32")  # (1, B, G*M, 4)
+    labels = np.tile(np.maximum(targets["labels"], 0), (1, groups))
+    dn_logits = (np.eye(K + 1)[labels] * 50.0)[None].astype("float32")
+    got = losses._denoising_loss(targets, tf.constant(dn_logits), tf.constant(dn_boxes),
+                                 groups, 1.0, 5.0, 2.0)
+    assert float(got) == pytest.approx(0.0, abs=1e-5)
+    # Padding slots do not count: garbage there changes nothing.
+    dn_boxes[0][np.tile(targets["labels"], (1, groups)) < 0] = 0.5
+    got = losses._denoising_loss(targets, tf.constant(dn_logits), tf.constant(dn_boxes),
+                                 groups, 1.0, 5.0, 2.0)
+    assert float(got) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_denoising_trains_through_fit():
+    images, targets = _scenes(4)
+    model = _build("detr", "cnn", seed=1, denoising_groups=2)
+    model.compile(keras.optimizers.Adam(3e-3))
+    ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(4)
+    history = model.fit(ds.repeat(), epochs=12, steps_per_epoch=1, validation_data=ds,
+                        validation_freq=12, verbose=0).history
+    losses = np.asarray(history["loss"])
+    assert np.all(np.isfinite(losses)) and losses[-3:].mean() < 0.8 * losses[:3].mean()
+    # Validation runs the plain forward pass (no targets inside), as inference does.
+    assert np.isfinite(history["val_loss"][-1])
