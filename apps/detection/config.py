@@ -25,6 +25,8 @@ from apps.detection.model import BACKBONES, HEADS, MODEL_HPARAMS, hparam_names
 from tfattn.training import AppConfig, config_field
 
 Head = Literal[HEADS]
+# Model counts where 0 means "none of it" (no encoder block, no denoising queries).
+COUNTS_FROM_ZERO = ("num_encoder_layers", "denoising_groups")
 Backbone = Literal[BACKBONES]
 
 
@@ -137,8 +139,9 @@ class Config(AppConfig):
                              f"stride); got {self.image_size}.")
         for name in ("limit_images", "eval_images", *MODEL_HPARAMS):
             value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-                raise ValueError(f"`{name}` must be >= 1 or none; got {value}.")
+            low = 0 if name in COUNTS_FROM_ZERO else 1
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                raise ValueError(f"`{name}` must be >= {low} or none; got {value}.")
         if self.tile_size is not None and self.tile_size < 32:
             raise ValueError(f"`tile_size` must be >= 32 pixels or none; got {self.tile_size}.")
         if not 0.0 <= self.tile_overlap < 1.0:

@@ -134,7 +134,7 @@ def fit_adjustments(model, data, lookback, horizon, quantiles=None, *, naive_wei
                          f"{horizon} to fit the forecast adjustments on")
     point, values = model_forecast(model, data, w, quantiles, batch_size)
     raw = data.raw_windows(w, lookback=lookback)
-    naive = np.repeat(raw.last_targets[:, None, :], horizon, axis=1)
+    naive = fb.naive_forecast(raw.past_values[..., : data.num_targets], horizon)
     fitted = {}
     if naive_weight:
         fitted["naive_weight"] = fm.fit_naive_weight(raw.future_targets, point, naive)
@@ -258,11 +258,12 @@ def backtest(
         fitted = (adjustments or {}).get(name) or {}
         if fitted.get("naive_weight") is not None:  # keep the model's own error for the report
             uncombined[name] = fm.mae(actual, point)
+            point, values = adjust(point, values, naive, levels,
+                                   {"naive_weight": fitted["naive_weight"]})
         if values is not None and fitted.get("band_scale") is not None:  # and the raw band's
-            _, raw_values = adjust(point, values, naive, levels,
-                                           {"naive_weight": fitted.get("naive_weight")})
-            result["raw_bands"][name] = (raw_values[..., 0], raw_values[..., -1])
-        point, values = adjust(point, values, naive, levels, fitted)
+            result["raw_bands"][name] = (values[..., 0], values[..., -1])
+            point, values = adjust(point, values, naive, levels,
+                                   {"band_scale": fitted["band_scale"]})
         result["forecasts"][name] = point
         if values is not None:
             result["quantile_forecasts"][name] = values
@@ -330,8 +331,8 @@ def _statistical(data, w, horizon, names, season, periods, fit_window, level, re
 
 # --------------------------------------------------------------------------- reporting
 
-TABLE_METRICS = ("mae", "mae_uncombined", "rmse", "mase", "smape", "relative_mae", "direction_accuracy",
-                 "coverage", "coverage_uncalibrated", "pinball")
+TABLE_METRICS = ("mae", "mae_uncombined", "rmse", "mase", "smape", "relative_mae",
+                 "direction_accuracy", "coverage", "coverage_uncalibrated", "pinball")
 
 
 def metric_rows(result):

@@ -141,3 +141,15 @@ def test_predict_evaluate_and_export_clis(run, e2e_scenes, tmp_path):
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.exists(tmp_path / "exp" / cfg.export_name / "3" / dex.META_FILE)
+
+
+def test_config_counts_that_may_be_zero(tmp_path):
+    # 0 denoising groups / encoder blocks mean "none" (the model's own meaning); other
+    # counts still need >= 1, and negatives are refused with the field's name.
+    base = dict(PRESETS["test"], head="detr", workdir=str(tmp_path / "run"))
+    cfg = Config(**base, denoising_groups=0, num_encoder_layers=0)
+    assert cfg.model_hparams()["denoising_groups"] == 0
+    with pytest.raises(ValueError, match=r"`denoising_groups` must be >= 0 or none; got -1"):
+        Config(**base, denoising_groups=-1)
+    with pytest.raises(ValueError, match=r"`num_queries` must be >= 1 or none; got 0"):
+        Config(**base, num_queries=0)
