@@ -586,7 +586,7 @@ class DETRHead(keras.layers.Layer):
         groups = self.denoising_groups
         boxes = ops.cast(targets["boxes"], "float32")  # (B, M, 4) xyxy
         labels = ops.cast(targets["labels"], "int32")  # (B, M), -1 = padding
-        m = boxes.shape[1]
+        m = boxes.shape[1] if boxes.shape[1] is not None else ops.shape(boxes)[1]
         centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0
         size = ops.maximum(boxes[..., 2:] - boxes[..., :2], 1e-3)
         centre, size = ops.repeat(centre, groups, axis=0), ops.repeat(size, groups, axis=0)
@@ -775,6 +775,21 @@ class DenseHead(keras.layers.Layer):
 # --------------------------------------------------------------------------- the model
 
 
+def trim_target_slots(targets):
+    """`targets` cut after the batch's last real slot (label >= 0; at least one slot).
+
+    Targets are padded to `max_boxes` slots (32 in the `scenes` presets) while an image
+    holds a few objects; denoising queries are built per slot, so the trim spares the
+    decoder the padding's queries. Holes (padding between real slots) are kept, so no real
+    box is lost; every loss ignores padding, so the loss is the same.
+    """
+    labels = targets["labels"]
+    position = ops.arange(1, ops.shape(labels)[1] + 1, dtype="int32")
+    last = ops.max(ops.where(labels >= 0, position[None, :], 0))
+    n = ops.maximum(last, 1)
+    return {key: value[:, :n] for key, value in targets.items()}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Detector(keras.Model):
     """Object detector: images in, the head's raw outputs out (see the module docstring).
@@ -916,6 +931,7 @@ class Detector(keras.Model):
         `(images, targets)`, since those queries are built from the targets."""
         if self.head == "detr" and self.hparams["denoising_groups"]:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            y = trim_target_slots(y)
             data = keras.utils.pack_x_y_sample_weight((x, y), y, sample_weight)
         return super().train_step(data)
 

@@ -328,3 +328,33 @@ def test_denoising_trains_through_fit():
     assert np.all(np.isfinite(losses)) and losses[-3:].mean() < 0.8 * losses[:3].mean()
     # Validation runs the plain forward pass (no targets inside), as inference does.
     assert np.isfinite(history["val_loss"][-1])
+
+
+def test_target_slots_are_trimmed_after_the_last_real_box_and_the_loss_is_unchanged():
+    from apps.detection import losses
+
+    labels = np.full((3, 6), -1, "int32")
+    labels[0, [0, 2]] = [1, 2]  # a hole at slot 1 stays
+    labels[1, 0] = 0
+    boxes = np.random.default_rng(0).uniform(0.1, 0.4, (3, 6, 4)).astype("float32")
+    boxes[..., 2:] += 0.5
+    targets = {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
+    trimmed = det.trim_target_slots(targets)
+    assert trimmed["labels"].shape == (3, 3) and trimmed["boxes"].shape == (3, 3, 4)
+    np.testing.assert_array_equal(trimmed["labels"], labels[:, :3])
+    np.testing.assert_array_equal(trimmed["boxes"], boxes[:, :3])
+    # No real box in the batch: one (padding) slot, never an empty target axis.
+    empty = det.trim_target_slots({"boxes": tf.constant(boxes), "labels": tf.fill((3, 6), -1)})
+    assert empty["labels"].shape == (3, 1)
+
+    # The set loss ignores padding: trimmed targets (a dynamic slot count, as in the
+    # training step) give the loss of the padded ones.
+    rng = np.random.default_rng(1)
+    outputs = {"logits": tf.constant(rng.normal(size=(3, 5, K + 1)).astype("float32")),
+               "boxes": tf.constant(rng.uniform(0.2, 0.6, (3, 5, 4)).astype("float32"))}
+    full = losses.detr_loss(targets, outputs, K)
+    spec = {"boxes": tf.TensorSpec((3, None, 4)), "labels": tf.TensorSpec((3, None), tf.int32)}
+    cut = tf.function(lambda t: losses.detr_loss(det.trim_target_slots(t), outputs, K),
+                      input_signature=[spec])(targets)
+    for name in ("loss", "class_loss", "l1_loss", "giou_loss"):
+        np.testing.assert_allclose(float(cut[name]), float(full[name]), rtol=1e-5, err_msg=name)
