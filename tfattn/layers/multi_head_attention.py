@@ -563,14 +563,16 @@ class MultiHeadAttention(keras.layers.Layer):
     def _fused_projection(self, x, denses):
         """`x` through several of the q/(gate)/k/v projections, each as a 2-D GEMM.
 
-        On TensorFlow the kernels are laid side by side, so one GEMM serves them all (the
-        weights and their format stay those of the separate projections); on JAX each
-        projection is its own GEMM, which XLA's CPU backend ran faster than the
-        concatenated kernel and its split (`benchmarks/attention_jax.py`). Returns one
-        `(batch, T, heads, size)` tensor per dense, before any activation.
+        Each projection is its own GEMM on the flattened `(batch * T, d)` input. One GEMM
+        over the concatenated kernels was slower on both backends: on JAX by ~2.5 ms at
+        length 64 under XLA CPU (`benchmarks/attention_jax.py`), on TensorFlow by 1-5%
+        with and without XLA at lengths 64 and 197 (forward + backward, 2 AMD EPYC cores,
+        2026-11-30: the concat of the kernels and the split of the output cost more than
+        the larger GEMM saved). Returns one `(batch, T, heads, size)` tensor per dense,
+        before any activation.
         """
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        groups = [[d] for d in denses] if keras.backend.backend() == "jax" else [denses]
+        groups = [[d] for d in denses]
         outputs = []
         for group in groups:
             kernel = ops.concatenate(
