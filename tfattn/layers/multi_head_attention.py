@@ -1,6 +1,5 @@
 """Multi-head attention, a drop-in for `keras.layers.MultiHeadAttention`."""
 
-import itertools
 import math
 import numbers
 
@@ -554,13 +553,13 @@ class MultiHeadAttention(keras.layers.Layer):
             bias = ops.transpose(bias, (2, 0, 1))[None]
         return mask, bias
 
-    def _can_fuse_projections(self, denses):
+    def _plain_projections(self, denses):
         return all(
             not getattr(d, "lora_enabled", False) and getattr(d, "quantization_mode", None) is None
             for d in denses
         )
 
-    def _fused_projection(self, x, denses):
+    def _gemm_projections(self, x, denses):
         """`x` through several of the q/(gate)/k/v projections, each as a 2-D GEMM.
 
         Each projection is its own GEMM on the flattened `(batch * T, d)` input. One GEMM
@@ -572,28 +571,19 @@ class MultiHeadAttention(keras.layers.Layer):
         before any activation.
         """
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        groups = [[d] for d in denses]
         outputs = []
-        for group in groups:
-            kernel = ops.concatenate(
-                [ops.reshape(d.kernel, (d.kernel.shape[0], -1)) for d in group], -1
-            )
-            bias = None
-            if self.use_bias:
-                bias = ops.concatenate([ops.reshape(d.bias, (-1,)) for d in group], 0)
-            y = _gemm(x, kernel, bias)  # (batch, T, heads * sum of sizes)
-            sizes = [d.kernel.shape[-1] for d in group]
-            splits = list(itertools.accumulate(self.num_heads * size for size in sizes))[:-1]
-            parts = ops.split(y, splits, axis=-1) if splits else [y]
-            outputs += [ops.reshape(t, (-1, length, self.num_heads, size))
-                        for t, size in zip(parts, sizes)]
+        for d in denses:
+            kernel = ops.reshape(d.kernel, (d.kernel.shape[0], -1))
+            bias = ops.reshape(d.bias, (-1,)) if self.use_bias else None
+            y = _gemm(x, kernel, bias)  # (batch, T, heads * size)
+            outputs.append(ops.reshape(y, (-1, length, self.num_heads, d.kernel.shape[-1])))
         return tuple(outputs)
 
     def _output_projection(self, x):
         """`output_dense` on `(batch, T, heads, value_dim)`: a 2-D GEMM over the flattened
         heads when the sublayer is plain (no LoRA, not quantised), else the sublayer."""
         dense = self.output_dense
-        if not self._can_fuse_projections([dense]):
+        if not self._plain_projections([dense]):
             return dense(x)
         out_dims = tuple(dense.kernel.shape[2:])
         kernel = ops.reshape(dense.kernel, (self.num_heads * self.value_dim, -1))
@@ -612,18 +602,18 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         strip = _without_keras_mask if masked else (lambda x: x)
         query_denses = [self.query_dense] + ([self.gate_dense] if self.use_gate else [])
-        fuse = self._can_fuse_projections(query_denses + [self.key_dense, self.value_dense])
+        fuse = self._plain_projections(query_denses + [self.key_dense, self.value_dense])
         if fuse and self_attention:
-            *qg, k, v = self._fused_projection(
+            *qg, k, v = self._gemm_projections(
                 query, query_denses + [self.key_dense, self.value_dense]
             )
         elif fuse and shared_key_value:
             # E.g. queries that are a leading slice of the tokens (a class token).
             if self.use_gate:
-                qg = self._fused_projection(query, query_denses)
+                qg = self._gemm_projections(query, query_denses)
             else:
                 qg = [self.query_dense(strip(query))]
-            k, v = self._fused_projection(value, (self.key_dense, self.value_dense))
+            k, v = self._gemm_projections(value, (self.key_dense, self.value_dense))
         else:
             query = strip(query)
             value = query if self_attention else strip(value)
@@ -700,7 +690,7 @@ class MultiHeadAttention(keras.layers.Layer):
         query_shape = tuple(query.shape)
         self._check_shapes(query_shape, tuple(value.shape), tuple(key.shape))
         query_layout, key_layout = self._layouts(len(query.shape), len(key.shape))
-        # Identity decides the fused projections; test it before any reshape.
+        # Identity decides which projections share an input; test it before any reshape.
         self_attention = query is value and key is value
         shared_key_value = key is value
         out_shape = ops.shape(query)
