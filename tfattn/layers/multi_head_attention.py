@@ -559,25 +559,22 @@ class MultiHeadAttention(keras.layers.Layer):
             for d in denses
         )
 
-    def _gemm_projections(self, x, denses):
-        """`x` through several of the q/(gate)/k/v projections, each as a 2-D GEMM.
+    def _gemm_projection(self, x, dense):
+        """`x (batch, T, d)` through one of the q/gate/k/v sublayers' kernels as a 2-D GEMM
+        on the flattened `(batch * T, d)` input -> `(batch, T, heads, size)`, before any
+        activation.
 
-        Each projection is its own GEMM on the flattened `(batch * T, d)` input. One GEMM
-        over the concatenated kernels was slower on both backends: on JAX by ~2.5 ms at
-        length 64 under XLA CPU (`benchmarks/attention_jax.py`), on TensorFlow by 1-5%
-        with and without XLA at lengths 64 and 197 (forward + backward, 2 AMD EPYC cores,
-        2026-11-30: the concat of the kernels and the split of the output cost more than
-        the larger GEMM saved). Returns one `(batch, T, heads, size)` tensor per dense,
-        before any activation.
+        One GEMM over the concatenated q/k/v kernels was slower on both backends: on JAX by
+        ~2.5 ms at length 64 under XLA CPU (`benchmarks/attention_jax.py`), on TensorFlow
+        by 1-5% with and without XLA at lengths 64 and 197 (forward + backward, 2 AMD EPYC
+        cores, 2026-11-30: the concat of the kernels and the split of the output cost more
+        than the larger GEMM saved).
         """
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        outputs = []
-        for d in denses:
-            kernel = ops.reshape(d.kernel, (d.kernel.shape[0], -1))
-            bias = ops.reshape(d.bias, (-1,)) if self.use_bias else None
-            y = _gemm(x, kernel, bias)  # (batch, T, heads * size)
-            outputs.append(ops.reshape(y, (-1, length, self.num_heads, d.kernel.shape[-1])))
-        return tuple(outputs)
+        kernel = ops.reshape(dense.kernel, (dense.kernel.shape[0], -1))
+        bias = ops.reshape(dense.bias, (-1,)) if self.use_bias else None
+        y = _gemm(x, kernel, bias)  # (batch, T, heads * size)
+        return ops.reshape(y, (-1, length, self.num_heads, dense.kernel.shape[-1]))
 
     def _output_projection(self, x):
         """`output_dense` on `(batch, T, heads, value_dim)`: a 2-D GEMM over the flattened
@@ -600,32 +597,24 @@ class MultiHeadAttention(keras.layers.Layer):
         would warn about them, so they get mask-free copies (the masks are already in the
         token masks; Keras's layer deletes them from the caller's tensors instead).
         """
+        denses = [self.query_dense, self.key_dense, self.value_dense]
+        denses += [self.gate_dense] if self.use_gate else []
+        if self._plain_projections(denses):
+            # A 2-D GEMM per projection (faster than the sublayers' 3-D einsums under XLA).
+            value = query if self_attention else value
+            key = value if shared_key_value else key
+            inputs = [query, key, value] + ([query] if self.use_gate else [])
+            q, k, v, *gate = (self._gemm_projection(x, d) for x, d in zip(inputs, denses))
+            # The GEMM skips gate_dense's sigmoid activation.
+            return q, k, v, ops.sigmoid(gate[0]) if gate else None
         strip = _without_keras_mask if masked else (lambda x: x)
-        query_denses = [self.query_dense] + ([self.gate_dense] if self.use_gate else [])
-        fuse = self._plain_projections(query_denses + [self.key_dense, self.value_dense])
-        if fuse and self_attention:
-            *qg, k, v = self._gemm_projections(
-                query, query_denses + [self.key_dense, self.value_dense]
-            )
-        elif fuse and shared_key_value:
-            # E.g. queries that are a leading slice of the tokens (a class token).
-            if self.use_gate:
-                qg = self._gemm_projections(query, query_denses)
-            else:
-                qg = [self.query_dense(strip(query))]
-            k, v = self._gemm_projections(value, (self.key_dense, self.value_dense))
-        else:
-            query = strip(query)
-            value = query if self_attention else strip(value)
-            key = value if shared_key_value else strip(key)
-            q = self.query_dense(query)  # (batch, T, heads, key_dim)
-            k = self.key_dense(key)  # (batch, S, heads, key_dim)
-            v = self.value_dense(value)  # (batch, S, heads, value_dim)
-            return q, k, v, self.gate_dense(query) if self.use_gate else None
-        if self.use_gate:
-            q, gate = qg
-            return q, k, v, ops.sigmoid(gate)  # the fused matmul skipped gate_dense's activation
-        return qg[0], k, v, None
+        query = strip(query)
+        value = query if self_attention else strip(value)
+        key = value if shared_key_value else strip(key)
+        q = self.query_dense(query)  # (batch, T, heads, key_dim)
+        k = self.key_dense(key)  # (batch, S, heads, key_dim)
+        v = self.value_dense(value)  # (batch, S, heads, value_dim)
+        return q, k, v, self.gate_dense(query) if self.use_gate else None
 
     def _sequence_attention_mask(self, attention_mask, query_layout, key_layout, query, key):
         """Keras's attention mask, broadcastable to the scores `(batch, *others, heads,
