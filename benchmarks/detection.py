@@ -36,6 +36,12 @@ Usage:
     python benchmarks/detection.py                          # 4 x 60 min + evaluation
     python benchmarks/detection.py --minutes 30 --models dense,detr
     python benchmarks/detection.py --quick --models dense,detr,retinanet --out /tmp/d.json
+    python benchmarks/detection.py --merge heads.json peers.json --out detection.json
+
+`--merge` joins results files of separate runs of the same setting (budget, data, splits,
+input size; checked) into one: `models` from every file (a later file's entry replaces an
+earlier one's), the headline recomputed, `runs` listing each run's models, date, machine
+and versions. Four models at 60 minutes are over four hours: longer than one session.
 
 `--quick` generates a tiny scene set in a temporary folder (64-96 px images, 48/12/8
 images), trains 64-px models (the app's "test" preset: hidden_dim 32) for at most 2
@@ -274,6 +280,34 @@ def headline(models):
     return out
 
 
+# Settings that must agree for results of separate runs to share one table.
+MERGE_KEYS = ("minutes", "dataset", "sizes", "num_classes", "image_size", "max_boxes", "augment")
+
+
+def merge_results(infos, names):
+    """One results dict from several runs' (`infos`, read from the files `names`)."""
+    if not infos:
+        raise ValueError("--merge: no results files given")
+    first = infos[0]
+    merged = {k: v for k, v in first.items() if k not in ("models", "headline", "runs")}
+    merged["models"], merged["runs"] = {}, []
+    for info, name in zip(infos, names):
+        if info.get("benchmark") != "detection" or "models" not in info:
+            raise ValueError(f"--merge: {name} is not a detection benchmark results file")
+        for key in MERGE_KEYS:
+            if info["config"].get(key) != first["config"].get(key):
+                raise ValueError(
+                    f"--merge: {name} has config {key}={info['config'].get(key)!r}, "
+                    f"{names[0]} has {first['config'].get(key)!r}: not the same benchmark")
+        merged["models"].update(info["models"])
+        merged["runs"] += info.get("runs") or [
+            {"models": list(info["models"]), "date": info["date"], "machine": info["machine"],
+             "versions": info.get("versions")}]
+    merged["date"] = max(run["date"] for run in merged["runs"])
+    merged["headline"] = headline(merged["models"])
+    return merged
+
+
 def table(info):
     rows = ["| model | params | train min | epochs | img/s | mAP | AP50 | AP75 | APs | APm | "
             "APl | serve ms/img b1 | b32 |",
@@ -302,7 +336,26 @@ def main(argv=None):
     parser.add_argument("--out", help="results JSON (default benchmarks/results/detection.json; "
                         "with --quick a file in the temp dir)")
     parser.add_argument("--workdir_root", help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                        help="join these results files into --out instead of training")
     args = parser.parse_args(argv)
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        infos = []
+        for name in args.merge:
+            with open(name) as f:
+                infos.append(json.load(f))
+        try:
+            info = merge_results(infos, args.merge)
+        except ValueError as e:
+            parser.error(str(e))
+        with open(args.out, "w") as f:
+            json.dump(info, f, indent=2, default=float)
+        print(table(info))
+        print("\nheadline:", json.dumps(info["headline"], indent=1))
+        print(f"wrote {args.out}")
+        return info
     models = [m for m in args.models.split(",") if m]
     if not models or any(m not in MODELS for m in models):
         parser.error(f"--models: choose from {', '.join(MODELS)}; got {args.models!r}")

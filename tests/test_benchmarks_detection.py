@@ -89,3 +89,36 @@ def test_quick_headline(quick_run):
     assert headline["ap50"] == models[best]["ap50"]
     assert headline["train_minutes"] == models[best]["train_minutes"]
     assert headline["keras_hub_retinanet_map"] == models["retinanet"]["map"]
+
+
+def test_merge_joins_separate_runs(tmp_path):
+    """Results of separate runs (the heads, then the peers) join into one file: the same
+    models and headline as one run; a file of another setting is refused by name. Uses the
+    committed 12-minute results (all four models) split in two."""
+    with open(os.path.join(ROOT, "benchmarks", "results", "detection_12min.json")) as f:
+        info = json.load(f)
+    info.pop("runs")
+    heads = {**info, "models": {k: info["models"][k] for k in ("dense", "detr")}}
+    peers = {**info, "models": {k: info["models"][k] for k in ("retinanet", "dfine")},
+             "date": "2099-01-01T00:00:00+00:00"}
+    paths = []
+    for name, part in (("heads", heads), ("peers", peers)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(part, f)
+    out = tmp_path / "merged.json"
+    script = os.path.join("benchmarks", "detection.py")
+    proc = subprocess.run([sys.executable, script, "--merge", *paths, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(out.read_text())
+    assert merged["models"] == info["models"] and merged["headline"] == info["headline"]
+    assert [r["models"] for r in merged["runs"]] == [["dense", "detr"], ["retinanet", "dfine"]]
+    assert merged["date"] == "2099-01-01T00:00:00+00:00" and merged["config"] == info["config"]
+
+    other = {**peers, "config": {**info["config"], "minutes": info["config"]["minutes"] * 2}}
+    with open(paths[1], "w") as f:
+        json.dump(other, f)
+    proc = subprocess.run([sys.executable, script, "--merge", *paths, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "peers.json has config minutes=" in proc.stderr

@@ -10,7 +10,12 @@ category ids) and scored by pycocotools' own `COCOeval` (AP@[.5:.95], AP50, AP75
 and the ARs) against the split's annotations. Object areas come from the source's
 `area` fields when it has them (COCO: the object's pixel count), else box areas.
 
-Writes `<workdir>/evaluation/<split>/`: detections.json, metrics.json, per_class.csv.
+Diagnostics beside pycocotools' table: the same AP with classes ignored (`useCats=0`:
+localisation alone; the gap is what class confusion costs) and a confusion matrix of the
+class each object is detected as.
+
+Writes `<workdir>/evaluation/<split>/`: detections.json, metrics.json, per_class.csv,
+confusion.csv.
 """
 
 import contextlib
@@ -88,22 +93,28 @@ def coco_results(detections, image_ids=None, category_ids=None):
     return out
 
 
-def coco_map(ground_truth, results):
-    """pycocotools COCOeval (bbox) -> ({metric: value}, {category id: AP@[.5:.95]})."""
+def _cocoeval(ground_truth, results, use_cats=True):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:  # loadRes refuses an empty list: nothing detected scores 0
-        return {m: 0.0 for m in METRICS}, {c["id"]: 0.0 for c in ground_truth["categories"]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
+        ev.params.useCats = int(use_cats)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    return ev
+
+
+def coco_map(ground_truth, results):
+    """pycocotools COCOeval (bbox) -> ({metric: value}, {category id: AP@[.5:.95]})."""
+    if not results:  # loadRes refuses an empty list: nothing detected scores 0
+        return {m: 0.0 for m in METRICS}, {c["id"]: 0.0 for c in ground_truth["categories"]}
+    ev = _cocoeval(ground_truth, results)
     metrics = {m: float(v) for m, v in zip(METRICS, ev.stats)}
     precision = ev.eval["precision"]  # (iou, recall, category, area, max_dets)
     per_class = {}
@@ -113,13 +124,64 @@ def coco_map(ground_truth, results):
     return metrics, per_class
 
 
+def class_agnostic_map(ground_truth, results):
+    """AP@[.5:.95] and AP50 with the classes ignored (pycocotools' `useCats=0`): how well
+    the boxes are found and placed, whatever class they are given. The gap to `coco_map`
+    is what class confusion costs."""
+    if not results:
+        return {"map": 0.0, "ap50": 0.0}
+    stats = _cocoeval(ground_truth, results, use_cats=False).stats
+    return {"map": float(stats[0]), "ap50": float(stats[1])}
+
+
+def confusion_matrix(ground_truth, results, iou_threshold=0.5):
+    """Which class each ground-truth object gets: `(K, K + 1)` counts, row = the object's
+    class, column = the class of the highest-scoring detection of ANY class that overlaps
+    it at IoU >= `iou_threshold`; the last column counts objects no detection overlaps.
+    Classes in `ground_truth["categories"]` order; crowd annotations are left out."""
+    from pycocotools import mask as mask_utils
+
+    index = {c["id"]: k for k, c in enumerate(ground_truth["categories"])}
+    counts = np.zeros((len(index), len(index) + 1), np.int64)
+    detections = {}
+    for r in results:
+        detections.setdefault(r["image_id"], []).append(r)
+    objects = {}
+    for a in ground_truth["annotations"]:
+        if not a.get("iscrowd", 0):
+            objects.setdefault(a["image_id"], []).append(a)
+    for image_id, anns in objects.items():
+        dets = detections.get(image_id, [])
+        rows = [index[a["category_id"]] for a in anns]
+        if not dets:
+            np.add.at(counts, (rows, len(index)), 1)
+            continue
+        iou = mask_utils.iou([d["bbox"] for d in dets], [a["bbox"] for a in anns], [0] * len(anns))
+        scores = np.array([d["score"] for d in dets])
+        for j, row in enumerate(rows):
+            hits = np.flatnonzero(np.asarray(iou)[:, j] >= iou_threshold)
+            if len(hits) == 0:
+                counts[row, -1] += 1
+            else:
+                counts[row, index[dets[hits[np.argmax(scores[hits])]]["category_id"]]] += 1
+    return counts
+
+
 def evaluate_split(model, split, class_names, image_size, category_ids=None, batch_size=32,
                    max_detections=100, score_threshold=None, limit=None):
-    """(metrics, per-class AP by label, detections, COCO results with the source's ids)."""
+    """(metrics, per-class AP by label, detections, COCO results with the source's ids).
+
+    `metrics` holds COCOeval's stats (`METRICS`), the class-agnostic `agnostic_map` and
+    `agnostic_ap50`, and `confusion` (`confusion_matrix` as nested lists).
+    """
     detections = predict_split(model, split, image_size, batch_size, max_detections,
                                score_threshold, limit)
     ground_truth = coco_ground_truth(split, class_names, limit)
-    metrics, per_class = coco_map(ground_truth, coco_results(detections))
+    results = coco_results(detections)
+    metrics, per_class = coco_map(ground_truth, results)
+    agnostic = class_agnostic_map(ground_truth, results)
+    metrics.update(agnostic_map=agnostic["map"], agnostic_ap50=agnostic["ap50"],
+                   confusion=confusion_matrix(ground_truth, results).tolist())
     per_label = {k: per_class.get(k + 1, float("nan")) for k in range(len(class_names))}
     ids = [i if isinstance(i, int) else str(i) for i in split.image_ids[: len(detections)]]
     results = coco_results(detections, ids, category_ids)
@@ -127,7 +189,12 @@ def evaluate_split(model, split, class_names, image_size, category_ids=None, bat
 
 
 def write_evaluation(out_dir, metrics, per_label, class_names, results):
+    """metrics.json, detections.json, per_class.csv and (when `metrics` has one)
+    confusion.csv: rows the objects' classes, columns the class they were detected as
+    (`confusion_matrix`) and `missed`."""
     os.makedirs(out_dir, exist_ok=True)
+    metrics = dict(metrics)
+    confusion = metrics.pop("confusion", None)
     training.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     training.write_json(os.path.join(out_dir, "detections.json"), results)
     with open(os.path.join(out_dir, "per_class.csv"), "w", newline="") as f:
@@ -135,13 +202,40 @@ def write_evaluation(out_dir, metrics, per_label, class_names, results):
         writer.writerow(["label", "class", "ap"])
         for k, name in enumerate(class_names):
             writer.writerow([k, name, f"{per_label[k]:.4f}"])
+    if confusion is not None:
+        with open(os.path.join(out_dir, "confusion.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class", *class_names, "missed"])
+            for name, row in zip(class_names, confusion):
+                writer.writerow([name, *row])
+
+
+def confusion_summary(confusion, class_names, top=5):
+    """One line: the share of objects detected with their own class (IoU >= 0.5, the
+    highest-scoring overlapping detection) and the most frequent confusions."""
+    counts = np.asarray(confusion)
+    total = counts.sum()
+    if total == 0:
+        return "no ground-truth objects"
+    k = len(class_names)
+    off = [(counts[i, j], class_names[i], class_names[j])
+           for i in range(k) for j in range(k) if i != j and counts[i, j]]
+    off.sort(key=lambda t: -t[0])
+    worst = ", ".join(f"{a} as {b} {n}" for n, a, b in off[:top]) or "none"
+    return (f"objects given their own class: {np.trace(counts[:, :k]) / total:.3f}, "
+            f"missed at IoU 0.5: {counts[:, k].sum() / total:.3f}; most confused: {worst}")
 
 
 def format_table(metrics, per_label=None, class_names=None):
     lines = ["  ".join(f"{m:>9}" for m in METRICS), "  ".join(f"{metrics[m]:>9.4f}" for m in METRICS)]
+    if "agnostic_map" in metrics:
+        lines.append(f"class-agnostic: AP {metrics['agnostic_map']:.4f}, "
+                     f"AP50 {metrics['agnostic_ap50']:.4f}")
     if per_label is not None:
         lines.append("per class AP@[.5:.95]: " + ", ".join(
             f"{name} {per_label[k]:.3f}" for k, name in enumerate(class_names)))
+    if "confusion" in metrics and class_names is not None:
+        lines.append(confusion_summary(metrics["confusion"], class_names))
     return "\n".join(lines)
 
 
@@ -179,7 +273,7 @@ def main(argv=None):
     print(f"{cfg.data} [{args.split}], {len(results)} detections on "
           f"{args.limit or len(split)} images")
     print(format_table(metrics, per_label, data.class_names))
-    print(f"wrote {out}/metrics.json, detections.json, per_class.csv")
+    print(f"wrote {out}/metrics.json, detections.json, per_class.csv, confusion.csv")
     return metrics
 
 

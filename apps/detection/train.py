@@ -182,8 +182,9 @@ def run(cfg):
                 cfg.batch_size, cfg.max_detections, cfg.score_threshold)
             write_evaluation(os.path.join(workdir, "evaluation", name), metrics, per_label,
                              data.class_names, results)
-            summary[name] = metrics
-            print(f"{name}: {len(data.split(name))} images\n{format_table(metrics)}")
+            summary[name] = {k: v for k, v in metrics.items() if k != "confusion"}  # csv
+            print(f"{name}: {len(data.split(name))} images\n"
+                  f"{format_table(metrics, class_names=data.class_names)}")
         model.save(os.path.join(workdir, "model.keras"))
         export_dir = os.path.join(workdir, "export")
         version = cfg.export_version or training.next_version(export_dir, cfg.export_name)

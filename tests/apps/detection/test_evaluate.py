@@ -86,3 +86,42 @@ def test_class_agnostic_nms_keeps_one_label_per_object():
     scores = np.array([0.5, 0.7, 0.4], np.float32)
     keep = nms_indices(boxes, scores, np.zeros(3, np.int64), 0.7, max_detections=3)
     assert keep.tolist() == [1, 2]
+
+
+def test_class_agnostic_map_and_confusion_separate_class_errors_from_misses():
+    split = _split()
+    gt = ev.coco_ground_truth(split, NAMES)
+    dets = _perfect(split)
+    dets[1] = (dets[1][0], dets[1][1], np.array([0], np.int32))  # the dog found as a cat
+    results = ev.coco_results(dets)
+    assert ev.coco_map(gt, results)[0]["map"] < 1.0
+    assert ev.class_agnostic_map(gt, results) == {"map": pytest.approx(1.0), "ap50": pytest.approx(1.0)}
+    counts = ev.confusion_matrix(gt, results)
+    expected = np.zeros((3, 4), np.int64)
+    expected[0, 0] = expected[2, 2] = 1  # cat and eel right
+    expected[1, 0] = 1  # dog -> cat
+    np.testing.assert_array_equal(counts, expected)
+    # A low-scoring right-class box does not win over a higher-scoring wrong one; a box
+    # under IoU 0.5 does not count; an image without detections counts as missed.
+    dets[1] = (np.array([[0, 0, 100, 80], [0, 0, 100, 80]], np.float32),
+               np.array([0.9, 0.3], np.float32), np.array([0, 1], np.int32))
+    dets[0] = (dets[0][0] + 25, dets[0][1], dets[0][2])
+    counts = ev.confusion_matrix(gt, ev.coco_results(dets))
+    assert counts[1, 0] == 1 and counts[0, 3] == 1 and counts[2, 3] == 1
+    counts = ev.confusion_matrix(gt, [])
+    assert counts[:, 3].tolist() == [1, 1, 1] and counts[:, :3].sum() == 0
+    assert ev.class_agnostic_map(gt, []) == {"map": 0.0, "ap50": 0.0}
+    line = ev.confusion_summary(ev.confusion_matrix(gt, results), NAMES)
+    assert "own class: 0.667" in line and "dog as cat 1" in line
+
+
+def test_write_evaluation_writes_the_confusion_table(tmp_path):
+    split = _split()
+    gt = ev.coco_ground_truth(split, NAMES)
+    results = ev.coco_results(_perfect(split))
+    metrics, per_class = ev.coco_map(gt, results)
+    metrics["confusion"] = ev.confusion_matrix(gt, results).tolist()
+    ev.write_evaluation(tmp_path, metrics, {k: per_class[k + 1] for k in range(3)}, NAMES, results)
+    rows = (tmp_path / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "class,cat,dog,eel,missed" and rows[2] == "dog,0,1,0,0"
+    assert "confusion" not in (tmp_path / "metrics.json").read_text()

@@ -3,6 +3,7 @@ output, COCO evaluation, export (image bytes of any size -> boxes), REST, and th
 predict/evaluate/export command lines."""
 
 import base64
+import csv
 import json
 import os
 import subprocess
@@ -48,10 +49,15 @@ def test_run_writes_summary_evaluation_and_tensorboard(run):
     cfg, summary = run
     assert summary["epochs_run"] == 2
     for split in ("val", "test"):
-        assert {"map", "ap50", "ap75", "ap_small", "ar100"} <= set(summary[split])
+        assert {"map", "ap50", "ap75", "ap_small", "ar100", "agnostic_map",
+                "agnostic_ap50"} <= set(summary[split])
         assert all(0.0 <= v <= 1.0 or v == -1.0 for v in summary[split].values())
         folder = os.path.join(cfg.workdir, "evaluation", split)
-        assert sorted(os.listdir(folder)) == ["detections.json", "metrics.json", "per_class.csv"]
+        assert sorted(os.listdir(folder)) == [
+            "confusion.csv", "detections.json", "metrics.json", "per_class.csv"]
+        with open(os.path.join(folder, "confusion.csv")) as f:
+            rows = list(csv.reader(f))
+        assert len(rows) == 11 and rows[0][-1] == "missed" and len(rows[1]) == 12
     with open(os.path.join(cfg.workdir, "evaluation", "test", "detections.json")) as f:
         detections = json.load(f)
     if detections:  # COCO results format with the source's image and category ids
@@ -135,6 +141,9 @@ def test_predict_evaluate_and_export_clis(run, e2e_scenes, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["map"] == pytest.approx(summary["val"]["map"], abs=1e-6)
+    assert metrics["agnostic_map"] == pytest.approx(summary["val"]["agnostic_map"], abs=1e-6)
+    assert "class-agnostic: AP" in proc.stdout and "objects given their own class" in proc.stdout
+    assert (tmp_path / "ev" / "confusion.csv").exists()
     proc = subprocess.run(
         [sys.executable, "-m", "apps.detection.export", "--workdir", cfg.workdir,
          "--export_dir", str(tmp_path / "exp"), "--version", "3"],
