@@ -344,8 +344,11 @@ def main(argv=None):
             parser.error("--merge needs --out")
         infos = []
         for name in args.merge:
-            with open(name) as f:
-                infos.append(json.load(f))
+            try:
+                with open(name) as f:
+                    infos.append(json.load(f))
+            except (OSError, json.JSONDecodeError) as e:
+                parser.error(f"--merge: cannot read {name} as a results JSON ({e})")
         try:
             info = merge_results(infos, args.merge)
         except ValueError as e:

@@ -122,3 +122,8 @@ def test_merge_joins_separate_runs(tmp_path):
     proc = subprocess.run([sys.executable, script, "--merge", *paths, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "peers.json has config minutes=" in proc.stderr
+
+    (tmp_path / "broken.json").write_text("{not json")
+    proc = subprocess.run([sys.executable, script, "--merge", paths[0], str(tmp_path / "broken.json"),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr and "broken.json" in proc.stderr
