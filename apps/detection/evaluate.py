@@ -156,10 +156,11 @@ def confusion_matrix(ground_truth, results, iou_threshold=0.5):
         if not dets:
             np.add.at(counts, (rows, len(index)), 1)
             continue
-        iou = mask_utils.iou([d["bbox"] for d in dets], [a["bbox"] for a in anns], [0] * len(anns))
+        iou = np.asarray(mask_utils.iou([d["bbox"] for d in dets], [a["bbox"] for a in anns],
+                                        [0] * len(anns)))  # (detections, objects)
         scores = np.array([d["score"] for d in dets])
         for j, row in enumerate(rows):
-            hits = np.flatnonzero(np.asarray(iou)[:, j] >= iou_threshold)
+            hits = np.flatnonzero(iou[:, j] >= iou_threshold)
             if len(hits) == 0:
                 counts[row, -1] += 1
             else:
@@ -177,11 +178,11 @@ def evaluate_split(model, split, class_names, image_size, category_ids=None, bat
     detections = predict_split(model, split, image_size, batch_size, max_detections,
                                score_threshold, limit)
     ground_truth = coco_ground_truth(split, class_names, limit)
-    results = coco_results(detections)
-    metrics, per_class = coco_map(ground_truth, results)
-    agnostic = class_agnostic_map(ground_truth, results)
+    scored = coco_results(detections)  # ids of `ground_truth`
+    metrics, per_class = coco_map(ground_truth, scored)
+    agnostic = class_agnostic_map(ground_truth, scored)
     metrics.update(agnostic_map=agnostic["map"], agnostic_ap50=agnostic["ap50"],
-                   confusion=confusion_matrix(ground_truth, results).tolist())
+                   confusion=confusion_matrix(ground_truth, scored).tolist())
     per_label = {k: per_class.get(k + 1, float("nan")) for k in range(len(class_names))}
     ids = [i if isinstance(i, int) else str(i) for i in split.image_ids[: len(detections)]]
     results = coco_results(detections, ids, category_ids)

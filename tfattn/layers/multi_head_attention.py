@@ -600,9 +600,8 @@ class MultiHeadAttention(keras.layers.Layer):
         denses = [self.query_dense, self.key_dense, self.value_dense]
         denses += [self.gate_dense] if self.use_gate else []
         if self._plain_projections(denses):
-            # A 2-D GEMM per projection (faster than the sublayers' 3-D einsums under XLA).
-            value = query if self_attention else value
-            key = value if shared_key_value else key
+            # A 2-D GEMM per projection (faster than the sublayers' 3-D einsums under XLA);
+            # `call` already passes shared inputs as the same tensor.
             inputs = [query, key, value] + ([query] if self.use_gate else [])
             q, k, v, *gate = (self._gemm_projection(x, d) for x, d in zip(inputs, denses))
             # The GEMM skips gate_dense's sigmoid activation.
