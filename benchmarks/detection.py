@@ -76,6 +76,7 @@ from apps.detection.boxes import letterbox_transform  # noqa: E402
 from apps.detection.config import PRESETS, Config  # noqa: E402
 from apps.detection.evaluate import coco_ground_truth, coco_map, coco_results  # noqa: E402
 from apps.detection.export import encode_png  # noqa: E402
+from apps.detection.model import MODEL_HPARAMS  # noqa: E402
 from benchmarks import detection_peers as peers  # noqa: E402
 from benchmarks.machine import load_average, machine_info  # noqa: E402
 from tfattn import training  # noqa: E402
@@ -114,8 +115,13 @@ def ensure_dataset(path, quick_args=None):
 
 
 def base_config(args, data):
-    """The app config every model shares (sizes, augmentation, schedule bounds)."""
-    overrides = dict(PRESETS["test"] if args.quick else PRESETS["scenes"])
+    """The app config every model shares (sizes, augmentation, schedule bounds): the "test"
+    preset's tiny models with --quick, else the "scenes" preset less its model
+    hyperparameters, which stay with the dense head's preset."""
+    if args.quick:
+        overrides = dict(PRESETS["test"])
+    else:
+        overrides = {k: v for k, v in PRESETS["scenes"].items() if k not in MODEL_HPARAMS}
     overrides.update(data=data, time_budget_minutes=args.minutes,
                      verbose=0 if args.quick else 2)
     if args.quick:  # no TensorBoard images: seconds saved, nothing the benchmark reports
@@ -299,10 +305,15 @@ def merge_results(infos, names):
                 raise ValueError(
                     f"--merge: {name} has config {key}={info['config'].get(key)!r}, "
                     f"{names[0]} has {first['config'].get(key)!r}: not the same benchmark")
+        # A model in a later file replaces the earlier run's (a rerun of one head): the
+        # earlier run no longer lists it, and a run left with no model is dropped.
+        for run in merged["runs"]:
+            run["models"] = [m for m in run["models"] if m not in info["models"]]
+        merged["runs"] = [run for run in merged["runs"] if run["models"]]
         merged["models"].update(info["models"])
-        merged["runs"] += info.get("runs") or [
+        merged["runs"] += [dict(run) for run in info.get("runs") or [
             {"models": list(info["models"]), "date": info["date"], "machine": info["machine"],
-             "versions": info.get("versions")}]
+             "versions": info.get("versions")}]]
     merged["date"] = max(run["date"] for run in merged["runs"])
     merged["headline"] = headline(merged["models"])
     return merged

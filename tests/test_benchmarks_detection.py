@@ -116,6 +116,21 @@ def test_merge_joins_separate_runs(tmp_path):
     assert [r["models"] for r in merged["runs"]] == [["dense", "detr"], ["retinanet", "dfine"]]
     assert merged["date"] == "2099-01-01T00:00:00+00:00" and merged["config"] == info["config"]
 
+    # A rerun of one head, merged last, replaces that head (table, headline, runs).
+    rerun = {**info, "models": {"dense": {**info["models"]["dense"], "map": 0.99}},
+             "date": "2099-02-01T00:00:00+00:00"}
+    rerun_path = str(tmp_path / "rerun.json")
+    with open(rerun_path, "w") as f:
+        json.dump(rerun, f)
+    proc = subprocess.run([sys.executable, script, "--merge", str(out), rerun_path, "--out",
+                           str(tmp_path / "again.json")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["models"]["dense"]["map"] == 0.99 and again["headline"]["map"] == 0.99
+    assert set(again["models"]) == set(info["models"])
+    assert [r["models"] for r in again["runs"]] == [["detr"], ["retinanet", "dfine"], ["dense"]]
+
     other = {**peers, "config": {**info["config"], "minutes": info["config"]["minutes"] * 2}}
     with open(paths[1], "w") as f:
         json.dump(other, f)

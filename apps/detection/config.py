@@ -79,6 +79,12 @@ class Config(AppConfig):
     head: Head = config_field("dense", "dense (FCOS-style with CBAM attention) or detr")
     backbone: Backbone = config_field("cnn", "cnn (small CNN + FPN) or vit (patch 8, ViTDet pyramid)")
     hidden_dim: int | None = config_field(None, "feature/decoder width; none: the head's default")
+    backbone_widths: tuple[int, ...] | None = config_field(
+        None, "cnn: channels of the 4 backbone stages (strides 4/8/16/32); none: default"
+    )
+    num_convs: int | None = config_field(
+        None, "dense: 3x3 conv + GroupNorm layers in each of the class and box towers; none: default"
+    )
     num_heads: int | None = config_field(None, "attention heads; none: default")
     num_queries: int | None = config_field(None, "detr: object queries; none: default")
     num_decoder_layers: int | None = config_field(None, "detr: decoder blocks; none: default")
@@ -156,6 +162,10 @@ class Config(AppConfig):
                 f"--head {self.head} on --backbone {self.backbone} has no "
                 f"{', '.join('--' + n for n in unused)}; of the model flags it takes "
                 f"{', '.join('--' + n for n in MODEL_HPARAMS if n in known)}.")
+        if self.backbone_widths is not None and (
+                len(self.backbone_widths) != 4 or min(self.backbone_widths) < 1):
+            raise ValueError(f"`backbone_widths` must be 4 positive stage widths (strides 4, 8, "
+                             f"16, 32); got {self.backbone_widths}.")
         if self.dropout_rate is not None and not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"`dropout_rate` must be in [0, 1); got {self.dropout_rate}.")
         low, high = self.scale_range

@@ -112,7 +112,8 @@ BACKBONE_DEFAULTS = {
 }
 # The hyperparameters the training CLI exposes (apps/detection/config.py fields).
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
-                 "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups")
+                 "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
+                 "backbone_widths", "num_convs")
 
 
 def _upsample2x(x):

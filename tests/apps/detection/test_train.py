@@ -18,6 +18,7 @@ from apps.detection import export as dex
 from apps.detection import train as dtrain
 from apps.detection.config import PRESETS, Config
 from apps.detection.evaluate import predict_split
+from apps.detection.model import build_detector
 from tfattn import training
 
 pytestmark = pytest.mark.xdist_group("detection_e2e")  # one worker trains the shared runs
@@ -162,3 +163,17 @@ def test_config_counts_that_may_be_zero(tmp_path):
         Config(**base, denoising_groups=-1)
     with pytest.raises(ValueError, match=r"`num_queries` must be >= 1 or none; got 0"):
         Config(**base, num_queries=0)
+
+
+def test_config_model_widths(tmp_path):
+    # --backbone_widths / --num_convs reach the model; a wrong count or width is refused
+    # by name, and a head that has no towers refuses --num_convs.
+    base = dict(PRESETS["test"], workdir=str(tmp_path / "run"))
+    cfg = Config(**base, backbone_widths=(8, 16, 24, 32), num_convs=1)
+    model = build_detector(cfg.head, cfg.backbone, 3, cfg.image_size, **cfg.model_hparams())
+    assert model.get_config()["backbone_widths"] == (8, 16, 24, 32)
+    assert len(model.detection_head.class_tower) == 2  # one conv + one GroupNorm
+    with pytest.raises(ValueError, match=r"`backbone_widths` must be 4 positive"):
+        Config(**base, backbone_widths=(8, 16, 32))
+    with pytest.raises(ValueError, match=r"--head detr on --backbone cnn has no --num_convs"):
+        Config(**dict(base, head="detr"), num_convs=2)
