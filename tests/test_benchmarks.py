@@ -242,3 +242,27 @@ def test_vit_refuses_to_merge_into_a_foreign_file(tmp_path):
     proc = _run_vit("--quick", "--out", str(out))
     assert proc.returncode != 0 and "not a benchmarks/vit.py results file" in proc.stderr
     assert json.loads(out.read_text()) == {"benchmark": "attention"}
+
+
+def test_machine_info_tells_hosts_of_one_name_apart(tmp_path, monkeypatch):
+    # The CPU's family/model/stepping, clock and cache come from the first processor of
+    # /proc/cpuinfo; without the file they are None, not an error.
+    from benchmarks import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+                       "stepping\t: 1\ncpu MHz\t\t: 2445.424\ncache size\t: 512 KB\n\n"
+                       "processor\t: 1\ncpu MHz\t\t: 1.0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    info = machine._cpuinfo()
+    assert info["cpu MHz"] == "2445.424" and info["model name"] == "AMD EPYC"
+    monkeypatch.setattr(machine, "_gpus", lambda: [])
+    described = machine.machine_info()
+    assert described["cpu_model"] == "AMD EPYC"
+    assert described["cpu_family_model_stepping"] == "25/1/1"
+    assert described["cpu_mhz"] == 2445.424 and described["cpu_cache"] == "512 KB"
+    cpuinfo.unlink()
+    described = machine.machine_info()
+    assert described["cpu_mhz"] is None and described["cpu_family_model_stepping"] is None
