@@ -32,7 +32,7 @@ def machine_info():
     model = cpu.get("model name") or platform.processor() or "unknown"
     # Cloud hosts often report a bare "AMD EPYC": family/model/stepping tell the generation
     # (family 25 model 1: Zen 3 Milan) and the clock tells hosts of one name apart (the same
-    # name has trained the detection benchmark's dense head at 135 and 75 images/s).
+    # name has trained the detection benchmark's dense head at 135 and 82 images/s).
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
