@@ -17,7 +17,7 @@ Reference: Rezatofighi et al. 2019, "Generalized Intersection over Union" (GIoU)
 import tensorflow as tf
 
 __all__ = [
-    "EPSILON", "box_area", "box_iou", "cxcywh_to_xyxy", "elementwise_giou",
+    "EPSILON", "box_area", "box_iou", "crop_boxes", "cxcywh_to_xyxy", "elementwise_giou",
     "generalized_box_iou", "xyxy_to_cxcywh",
 ]
 
@@ -100,3 +100,21 @@ def elementwise_giou(boxes1, boxes2):
     boxes1 = tf.convert_to_tensor(boxes1)
     boxes2 = tf.convert_to_tensor(boxes2, dtype=boxes1.dtype)
     return _iou_and_giou(boxes1, boxes2)[1]
+
+
+def crop_boxes(images, boxes, box_indices, crop_size):
+    """Crops of xyxy boxes resized to `crop_size` squares (bilinear; RoIAlign-like).
+
+    Args:
+        images: (B, H, W, C) images.
+        boxes: (n, 4) normalised xyxy boxes; parts outside the image read as zeros.
+        box_indices: (n,) int32, the image of each box.
+        crop_size: side of the square crops, pixels.
+
+    Returns:
+        (n, crop_size, crop_size, C) float32.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
+    return tf.image.crop_and_resize(tf.cast(images, tf.float32), tf.stack([y0, x0, y1, x1], -1),
+                                    tf.cast(box_indices, tf.int32), (crop_size, crop_size))

@@ -6,7 +6,8 @@ overridden, e.g. `--head detr --epochs 80`):
     test         seconds; unit tests only: a tiny generated scene set, 64 px, 2 epochs.
     scenes       the default: the Fashion-MNIST scene set (`make data-detection`), 128 px
                  letterboxed inputs, small CNN + FPN, dense FCOS-style head with CBAM
-                 attention, 60-minute budget on 2 CPU cores.
+                 attention, a crop classifier rescoring its detections (32-px crops),
+                 60-minute budget on 2 CPU cores.
     scenes_detr  the same data and budget for the DETR head (anchor queries, iterative box
                  refinement, auxiliary losses), the benchmark's side-by-side.
     coco         GPU scale, for your own COCO-format data: 512 px, ViT backbone (patch 8),
@@ -26,7 +27,7 @@ from tfattn.training import AppConfig, config_field
 
 Head = Literal[HEADS]
 # Model counts where 0 means "none of it" (no encoder block, no denoising queries).
-COUNTS_FROM_ZERO = ("num_encoder_layers", "denoising_groups")
+COUNTS_FROM_ZERO = ("num_encoder_layers", "denoising_groups", "roi_crop_size")
 Backbone = Literal[BACKBONES]
 
 
@@ -99,6 +100,11 @@ class Config(AppConfig):
         None, "detr: training adds this many noised copies of every target box as queries "
         "that must reconstruct it (DN-DETR); none: default (0, off)"
     )
+    roi_crop_size: int | None = config_field(
+        None, "a second stage: a small CNN classifies each box's pixels resampled to this "
+        "square (trained on jittered target boxes) and rescores the detections; none: "
+        "default (0, off)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -162,6 +168,9 @@ class Config(AppConfig):
                 f"--head {self.head} on --backbone {self.backbone} has no "
                 f"{', '.join('--' + n for n in unused)}; of the model flags it takes "
                 f"{', '.join('--' + n for n in MODEL_HPARAMS if n in known)}.")
+        if self.jit_compile and self.roi_crop_size:
+            raise ValueError("--roi_crop_size crops a dynamic number of boxes, which XLA does "
+                             "not compile: drop --jit_compile or set --roi_crop_size 0.")
         if self.backbone_widths is not None and (
                 len(self.backbone_widths) != 4 or min(self.backbone_widths) < 1):
             raise ValueError(f"`backbone_widths` must be 4 positive stage widths (strides 4, 8, "

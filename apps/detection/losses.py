@@ -23,6 +23,13 @@ Dense (FCOS, Tian et al. 2019), everything static-shaped so it compiles with XLA
     centerness: binary cross-entropy of the centerness logit on positives / positives
     loss = focal_weight * focal + giou_weight * giou + centerness_weight * centerness
 
+Crop classifier (optional second stage; `roi_crop_size` > 0), on every real target box:
+
+    target box --jitter (centre +- N(0, jitter) x size, sides x exp(N(0, jitter)))-->
+    crop of the input pixels --classifier--> logits [n, K]
+    crop:       cross-entropy with the target's class, mean over the real boxes
+    loss += crop_weight * crop
+
 Under a `tf.distribute` strategy the normalisers (real boxes, positives) are per replica.
 """
 
@@ -34,7 +41,8 @@ from apps.detection import box_ops
 from apps.detection.matcher import hungarian_match
 from apps.detection.postprocess import decode_boxes, dense_points
 
-__all__ = ["default_size_ranges", "dense_loss", "dense_targets", "detr_loss"]
+__all__ = ["crop_classifier_loss", "default_size_ranges", "dense_loss", "dense_targets",
+           "detr_loss", "jittered_target_boxes"]
 
 
 # --------------------------------------------------------------------------- DETR
@@ -301,3 +309,45 @@ def dense_loss(targets, outputs, image_size, strides=(8, 16, 32), size_ranges=No
             + centerness_weight * centerness_loss)
     return {"loss": loss, "focal_loss": focal_loss, "giou_loss": giou_loss,
             "centerness_loss": centerness_loss}
+
+
+# --------------------------------------------------------------------------- crop classifier
+
+
+def jittered_target_boxes(targets, jitter=0.1):
+    """The real target boxes of a batch, flattened and randomly moved like detections.
+
+    Args:
+        targets: dict with "boxes" float32 [B, M, 4] normalised xyxy and "labels" int32
+            [B, M] (-1 = padding slot).
+        jitter: standard deviation of the centre shift (share of the box's width / height)
+            and of the log-scale of each side; 0: the boxes as they are. 0.1 gives crops
+            of IoU ~0.75 with their box, the quality of a typical detection.
+
+    Returns:
+        (boxes [n, 4] normalised xyxy clipped to [0, 1], image_index int32 [n],
+        labels int32 [n]), n = the number of real boxes (dynamic).
+    """
+    labels = tf.cast(targets["labels"], tf.int32)
+    where = tf.where(labels >= 0)  # [n, 2] (image, slot)
+    boxes = tf.gather_nd(tf.cast(targets["boxes"], tf.float32), where)
+    if jitter:
+        centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+        size = tf.maximum(boxes[:, 2:] - boxes[:, :2], 1e-3)
+        n = tf.shape(boxes)[0]
+        centre = centre + tf.random.normal([n, 2], stddev=jitter) * size
+        size = size * tf.exp(tf.random.normal([n, 2], stddev=jitter))
+        boxes = tf.concat([centre - 0.5 * size, centre + 0.5 * size], axis=-1)
+    boxes = tf.clip_by_value(boxes, 0.0, 1.0)
+    return boxes, tf.cast(where[:, 0], tf.int32), tf.gather_nd(labels, where)
+
+
+def crop_classifier_loss(labels, logits):
+    """{"crop_loss": mean cross-entropy, "crop_accuracy": share of argmax hits} over the
+    crops (both 0 when there are none: a batch of empty images)."""
+    logits = tf.cast(logits, tf.float32)
+    count = tf.maximum(tf.cast(tf.shape(labels)[0], tf.float32), 1.0)
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+    return {"crop_loss": tf.reduce_sum(cross_entropy) / count,
+            "crop_accuracy": tf.reduce_sum(hits) / count}

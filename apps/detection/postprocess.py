@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from apps.detection import box_ops
 
-__all__ = ["decode_boxes", "dense_points", "postprocess_dense", "postprocess_detr"]
+__all__ = ["decode_boxes", "dense_points", "postprocess_dense", "postprocess_detr",
+           "rescore_with_crops"]
 
 # The contract's clip of raw box deltas before exp: distances up to e^8 strides.
 DELTA_CLIP = 8.0
@@ -182,3 +183,41 @@ def postprocess_dense(outputs, image_size, strides=(8, 16, 32), max_detections=1
     # IoU is symmetric in x and y, so xyxy boxes work where the op documents yxyx.
     return _zero_padding(nms.nmsed_boxes, nms.nmsed_scores,
                          tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections)
+
+
+def rescore_with_crops(detections, classify, crop_weight=0.5, score_threshold=0.0):
+    """Detections rescored by a second-stage classifier of their crops, re-sorted.
+
+    Each detection (box b, class c, score s) gets s^(1 - w) * p(c | crop of b)^w, the
+    weighted geometric mean of the head's score and the crop classifier's probability of
+    the same class; boxes and classes are kept. A box the head gave several classes keeps
+    all of them, so the crop's opinion decides their order (Faster R-CNN's split of
+    localisation and classification, applied as a rescoring).
+
+    Args:
+        detections: the contract's detection dict (`postprocess_dense` /
+            `postprocess_detr`).
+        classify: `classify(boxes [n, 4] xyxy, image_index int32 [n]) -> probabilities
+            [n, K]`, called once on the valid detections of the whole batch.
+        crop_weight: w in [0, 1]; 0 keeps the head's scores.
+        score_threshold: rescored detections need a score above this.
+
+    Returns:
+        The contract's detection dict, scores descending.
+    """
+    scores = detections["scores"]
+    max_detections = scores.shape[1] if scores.shape[1] is not None else tf.shape(scores)[1]
+    valid = tf.sequence_mask(detections["num_detections"], tf.shape(scores)[1])
+    where = tf.where(valid)  # [n, 2] (image, row)
+    probs = classify(tf.gather_nd(detections["boxes"], where), tf.cast(where[:, 0], tf.int32))
+    p = tf.gather(tf.cast(probs, tf.float32), tf.gather_nd(detections["classes"], where),
+                  batch_dims=1)  # [n]
+    old = tf.gather_nd(scores, where)
+    new = tf.pow(old, 1.0 - crop_weight) * tf.pow(p, crop_weight)
+    rescored = tf.scatter_nd(where, new, tf.shape(scores, out_type=tf.int64))
+    rescored, order = tf.math.top_k(rescored, k=max_detections)
+    num_detections = tf.reduce_sum(
+        tf.cast((rescored > score_threshold) & tf.gather(valid, order, batch_dims=1), tf.int32),
+        axis=1)
+    return _zero_padding(tf.gather(detections["boxes"], order, batch_dims=1), rescored,
+                         tf.gather(detections["classes"], order, batch_dims=1), num_detections)

@@ -416,3 +416,55 @@ def test_dense_loss_rejects_a_point_count_mismatch():
     targets = tf_targets(random_batch(rng, 1, 1, 2, 2, [1])[0])
     with pytest.raises(ValueError, match="points"):
         losses.dense_loss(targets, random_dense_outputs(rng, 1, 2), 96, STRIDES)
+
+
+# --------------------------------------------------------------------------- crop classifier
+
+
+def test_jittered_target_boxes_flatten_real_slots_and_stay_near_them():
+    boxes = np.zeros((3, 4, 4), "float32")
+    labels = np.full((3, 4), -1, "int32")
+    boxes[0, 0], labels[0, 0] = [0.1, 0.2, 0.5, 0.6], 2
+    boxes[0, 2], labels[0, 2] = [0.6, 0.6, 0.9, 1.0], 0  # a hole before it stays a hole
+    boxes[2, 1], labels[2, 1] = [0.0, 0.0, 0.3, 0.2], 1  # image 1 has no boxes
+    targets = {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
+    exact, index, got_labels = losses.jittered_target_boxes(targets, jitter=0.0)
+    np.testing.assert_allclose(exact, boxes[[0, 0, 2], [0, 2, 1]])
+    np.testing.assert_array_equal(index, [0, 0, 2])
+    np.testing.assert_array_equal(got_labels, [2, 0, 1])
+
+    tf.random.set_seed(0)
+    many = {"boxes": tf.tile(tf.constant(boxes), [200, 1, 1]),
+            "labels": tf.tile(tf.constant(labels), [200, 1])}
+    moved, _, _ = losses.jittered_target_boxes(many, jitter=0.1)
+    moved = moved.numpy()
+    assert moved.min() >= 0.0 and moved.max() <= 1.0
+    assert np.all(moved[:, 2:] >= moved[:, :2])
+    original = np.tile(boxes[[0, 0, 2], [0, 2, 1]], (200, 1))
+    iou = np.diagonal(box_ops.box_iou(moved, original).numpy())
+    assert 0.6 < np.median(iou) < 0.95 and np.mean(iou > 0.4) > 0.95, np.median(iou)
+    assert np.mean(np.all(np.isclose(moved, original), axis=1)) < 0.05  # they did move
+
+
+def test_crop_classifier_loss_matches_numpy_and_is_zero_without_boxes():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 4)).astype("float32")
+    labels = np.array([0, 3, 1, 1, 2], "int32")
+    got = losses.crop_classifier_loss(tf.constant(labels), tf.constant(logits))
+    p = np_softmax(logits)
+    np.testing.assert_allclose(got["crop_loss"], -np.mean(np.log(p[np.arange(5), labels])),
+                               rtol=1e-5)
+    np.testing.assert_allclose(got["crop_accuracy"], np.mean(p.argmax(-1) == labels))
+    empty = losses.crop_classifier_loss(tf.zeros([0], tf.int32), tf.zeros([0, 4]))
+    assert float(empty["crop_loss"]) == 0.0 and float(empty["crop_accuracy"]) == 0.0
+
+
+def test_crop_boxes_reads_the_box_region():
+    images = np.zeros((2, 32, 32, 3), "float32")
+    images[1, 8:16, 16:32] = [10.0, 20.0, 30.0]  # rows 8-15, columns 16-31 of image 1
+    crops = box_ops.crop_boxes(images, [[0.5, 0.25, 1.0, 0.5], [0.0, 0.0, 1.0, 1.0]], [1, 0], 6)
+    assert crops.shape == (2, 6, 6, 3)
+    # Interior samples of the box lie inside the painted block; image 0 is black.
+    np.testing.assert_allclose(crops[0, 1:-1, 1:-1], np.broadcast_to([10.0, 20.0, 30.0],
+                                                                     (4, 4, 3)), atol=1e-4)
+    assert not crops.numpy()[1].any()

@@ -358,3 +358,47 @@ def test_target_slots_are_trimmed_after_the_last_real_box_and_the_loss_is_unchan
                       input_signature=[spec])(targets)
     for name in ("loss", "class_loss", "l1_loss", "giou_loss"):
         np.testing.assert_allclose(float(cut[name]), float(full[name]), rtol=1e-5, err_msg=name)
+
+
+def test_crop_classifier_learns_rescores_detections_and_round_trips(tmp_path):
+    # The scenes' class is the painted channel: the crop classifier can learn it from the
+    # box pixels alone. Training logs its loss and accuracy; detect() rescores with it
+    # (eager and traced with an unknown batch); a batch without boxes costs nothing.
+    images, targets = _scenes(4)
+    model = _build("dense", seed=2, roi_crop_size=16)
+    model.compile(keras.optimizers.Adam(3e-3))
+    ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(4)
+    history = model.fit(ds.repeat(), epochs=25, steps_per_epoch=1, verbose=0).history
+    assert {"crop_loss", "crop_accuracy"} <= set(history)
+    assert np.mean(history["crop_loss"][-3:]) < 0.5 * np.mean(history["crop_loss"][:3])
+    empty = tf.data.Dataset.from_tensor_slices((images[3:], {k: v[3:] for k, v in
+                                                              targets.items()})).batch(1)
+    result = model.evaluate(empty, verbose=0, return_dict=True)
+    assert result["crop_loss"] == 0.0 and np.isfinite(result["loss"])
+
+    fn = tf.function(lambda x: model.detect(x, max_detections=10),
+                     input_signature=[tf.TensorSpec((None, S, S, 3), tf.float32)])
+    got, traced = model.detect(images, max_detections=10), fn(tf.constant(images))
+    for key in got:
+        np.testing.assert_allclose(traced[key], got[key], atol=1e-5, err_msg=key)
+    # Each score is the head's score and the crop's class probability, geometric mean.
+    from apps.detection import postprocess
+
+    head = postprocess.postprocess_dense(model(images), S, det.STRIDES, 10)
+    n = int(got["num_detections"][0])
+    assert n > 0
+    probs = keras.ops.softmax(model.classify_boxes(
+        images, got["boxes"][0, :n], tf.zeros([n], tf.int32))).numpy()
+    p = probs[np.arange(n), got["classes"][0, :n].numpy()]
+    head_scores = {(tuple(np.round(b, 5)), int(c)): s for b, c, s in zip(
+        head["boxes"][0].numpy(), head["classes"][0].numpy(), head["scores"][0].numpy())}
+    old = np.array([head_scores[(tuple(np.round(b, 5)), int(c))] for b, c in zip(
+        got["boxes"][0, :n].numpy(), got["classes"][0, :n].numpy())])
+    np.testing.assert_allclose(got["scores"][0, :n], np.sqrt(old * p), rtol=1e-4)
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    again = restored.detect(images, max_detections=10)
+    for key in got:
+        np.testing.assert_allclose(again[key], got[key], atol=1e-5, err_msg=key)

@@ -196,3 +196,52 @@ def test_unknown_batch_size_in_serving_signature():
                 "boxes": rng.uniform(0.2, 0.5, (2, 4, 4)).astype(np.float32)})
     assert out["scores"].shape == (2, 5) and out["num_detections"].numpy().tolist() == [4, 4]
     assert np_giou([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0  # the shared reference is sane
+
+
+# --------------------------------------------------------------------------- crop rescoring
+
+
+def test_rescore_with_crops_matches_numpy_and_keeps_padding():
+    rng = np.random.default_rng(4)
+    B, D, K, w = 2, 6, 3, 0.5
+    scores = np.sort(rng.uniform(0.1, 1.0, (B, D)).astype("float32"), axis=1)[:, ::-1].copy()
+    num = np.array([4, 0], "int32")  # the second image has no detections
+    scores[np.arange(D)[None, :] >= num[:, None]] = 0.0
+    boxes = rng.uniform(0, 1, (B, D, 4)).astype("float32")
+    classes = rng.integers(0, K, (B, D)).astype("int32")
+    probs = rng.dirichlet(np.ones(K), B * D).astype("float32").reshape(B, D, K)
+    seen = []
+
+    def classify(crop_boxes, image_index):
+        # Probabilities looked up by the box (each box is unique), so any order works.
+        seen.append((crop_boxes.numpy(), image_index.numpy()))
+        rows = [np.argwhere(np.all(boxes == b, axis=-1))[0] for b in crop_boxes.numpy()]
+        return tf.constant(np.array([probs[i, j] for i, j in rows]).reshape(-1, K))
+
+    detections = {"boxes": tf.constant(boxes), "scores": tf.constant(scores),
+                  "classes": tf.constant(classes), "num_detections": tf.constant(num)}
+    got = {k: v.numpy() for k, v in P.rescore_with_crops(detections, classify, w, 0.3).items()}
+    # classify saw exactly the valid detections, with their image.
+    np.testing.assert_array_equal(seen[0][1], [0] * 4)
+    np.testing.assert_array_equal(seen[0][0], boxes[0, :4])
+    new = scores[0, :4] ** (1 - w) * probs[0, np.arange(4), classes[0, :4]] ** w
+    order = np.argsort(-new, kind="stable")
+    n = int(np.sum(new > 0.3))
+    assert got["num_detections"][0] == n and 0 < n < 4, new
+    np.testing.assert_allclose(got["scores"][0, :n], new[order][:n], rtol=1e-5)
+    np.testing.assert_array_equal(got["classes"][0, :n], classes[0, :4][order][:n])
+    np.testing.assert_allclose(got["boxes"][0, :n], boxes[0, :4][order][:n])
+    assert not got["scores"][0, n:].any()  # rescored below the threshold: padding
+    assert got["num_detections"][1] == 0 and not got["scores"][1].any()
+    assert not got["boxes"][0, got["num_detections"][0]:].any()
+
+
+def test_rescore_weight_zero_keeps_the_head_scores():
+    scores = tf.constant([[0.9, 0.5, 0.0]])
+    detections = {"boxes": tf.constant([[[0, 0, .5, .5], [.5, .5, 1, 1], [0, 0, 0, 0]]],
+                                       tf.float32),
+                  "scores": scores, "classes": tf.constant([[1, 0, 0]]),
+                  "num_detections": tf.constant([2])}
+    got = P.rescore_with_crops(detections, lambda b, i: tf.fill([tf.shape(b)[0], 2], 0.5), 0.0)
+    np.testing.assert_allclose(got["scores"], scores)
+    np.testing.assert_array_equal(got["num_detections"], [2])

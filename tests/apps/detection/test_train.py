@@ -28,7 +28,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)
 
 @pytest.fixture(scope="module", params=["dense", "detr"])
 def run(request, e2e_scenes, tmp_path_factory):
-    cfg = Config(**PRESETS["test"], head=request.param, data=e2e_scenes,
+    # The dense run carries the crop classifier (the `scenes` preset's second stage), so
+    # its export, REST and CLIs are checked with it; DETR's runs without.
+    extra = {"roi_crop_size": 16} if request.param == "dense" else {}
+    cfg = Config(**PRESETS["test"], **extra, head=request.param, data=e2e_scenes,
                  workdir=str(tmp_path_factory.mktemp(request.param) / "run"))
     return cfg, dtrain.run(cfg)
 
@@ -177,3 +180,18 @@ def test_config_model_widths(tmp_path):
         Config(**base, backbone_widths=(8, 16, 32))
     with pytest.raises(ValueError, match=r"--head detr on --backbone cnn has no --num_convs"):
         Config(**dict(base, head="detr"), num_convs=2)
+
+
+def test_config_roi_crop_size(tmp_path):
+    # --roi_crop_size adds the crop classifier on either head; XLA cannot compile its
+    # dynamic number of crops, so the pair is refused by name.
+    base = dict(PRESETS["test"], workdir=str(tmp_path / "run"))
+    for head in ("dense", "detr"):
+        cfg = Config(**dict(base, head=head), roi_crop_size=16)
+        model = build_detector(cfg.head, cfg.backbone, 3, cfg.image_size, **cfg.model_hparams())
+        assert model.crop_classifier is not None and model.get_config()["roi_crop_size"] == 16
+    assert build_detector("dense", "cnn", 3, 64).crop_classifier is None
+    with pytest.raises(ValueError, match=r"--roi_crop_size .* --jit_compile"):
+        Config(**base, roi_crop_size=16, jit_compile=True)
+    with pytest.raises(ValueError, match=r"`roi_crop_size` must be >= 0"):
+        Config(**base, roi_crop_size=-1)
