@@ -199,7 +199,7 @@ PRESETS = {
         "eval_images": None, "sample_images": 2, "image_every_epochs": 1, "warmup_epochs": 0.0,
         "scale_range": (0.8, 1.25), "verbose": 0,
     },
-    "scenes": {"time_budget_minutes": 60.0},
+    "scenes": {"time_budget_minutes": 60.0, "roi_crop_size": 32},
     "scenes_detr": {
         "head": "detr", "time_budget_minutes": 60.0, "learning_rate": 4e-4,
         "gradient_clip_norm": 0.1, "warmup_epochs": 2.0, "two_stage": True,

@@ -113,11 +113,11 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
                   attention_reduction=8, attention_kernel_size=7, roi_crop_size=0,
-                  roi_crop_weight=0.5),
+                  roi_crop_weight=0.25),
     "detr": dict(hidden_dim=128, num_heads=4, intermediate_dim=256, dropout_rate=0.1,
                  num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
                  memory_stride=16, prior_probability=None, two_stage=False,
-                 denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.5),
+                 denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25),
 }
 BACKBONE_DEFAULTS = {
     "cnn": dict(backbone_widths=(32, 64, 128, 256), activation="silu"),
@@ -906,7 +906,7 @@ class Detector(keras.Model):
                  position_embedding="learned", num_queries=32, num_encoder_layers=1,
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
-                 two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.5,
+                 two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
                  **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:

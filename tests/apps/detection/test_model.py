@@ -381,7 +381,8 @@ def test_crop_classifier_learns_rescores_detections_and_round_trips(tmp_path):
     got, traced = model.detect(images, max_detections=10), fn(tf.constant(images))
     for key in got:
         np.testing.assert_allclose(traced[key], got[key], atol=1e-5, err_msg=key)
-    # Each score is the head's score and the crop's class probability, geometric mean.
+    # Each score is the head's score and the crop's class probability, weighted geometric
+    # mean (weight w of the crop).
     from apps.detection import postprocess
 
     head = postprocess.postprocess_dense(model(images), S, det.STRIDES, 10)
@@ -394,7 +395,8 @@ def test_crop_classifier_learns_rescores_detections_and_round_trips(tmp_path):
         head["boxes"][0].numpy(), head["classes"][0].numpy(), head["scores"][0].numpy())}
     old = np.array([head_scores[(tuple(np.round(b, 5)), int(c))] for b, c in zip(
         got["boxes"][0, :n].numpy(), got["classes"][0, :n].numpy())])
-    np.testing.assert_allclose(got["scores"][0, :n], np.sqrt(old * p), rtol=1e-4)
+    w = model.hparams["roi_crop_weight"]
+    np.testing.assert_allclose(got["scores"][0, :n], old ** (1 - w) * p ** w, rtol=1e-4)
 
     path = str(tmp_path / "model.keras")
     model.save(path)
