@@ -28,7 +28,7 @@ Crop classifier (optional second stage; `roi_crop_size` > 0), on every real targ
     target box --jitter (centre +- N(0, jitter) x size, sides x exp(N(0, jitter)))-->
     crop of the input pixels --classifier--> logits [n, K]
     crop:       cross-entropy with the target's class, mean over the real boxes
-    loss += crop_weight * crop
+    loss += crop
 
 Under a `tf.distribute` strategy the normalisers (real boxes, positives) are per replica.
 """
@@ -332,12 +332,12 @@ def jittered_target_boxes(targets, jitter=0.1):
     where = tf.where(labels >= 0)  # [n, 2] (image, slot)
     boxes = tf.gather_nd(tf.cast(targets["boxes"], tf.float32), where)
     if jitter:
-        centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-        size = tf.maximum(boxes[:, 2:] - boxes[:, :2], 1e-3)
+        cxcywh = box_ops.xyxy_to_cxcywh(boxes)
+        centre, size = cxcywh[:, :2], tf.maximum(cxcywh[:, 2:], 1e-3)
         n = tf.shape(boxes)[0]
         centre = centre + tf.random.normal([n, 2], stddev=jitter) * size
         size = size * tf.exp(tf.random.normal([n, 2], stddev=jitter))
-        boxes = tf.concat([centre - 0.5 * size, centre + 0.5 * size], axis=-1)
+        boxes = box_ops.cxcywh_to_xyxy(tf.concat([centre, size], axis=-1))
     boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     return boxes, tf.cast(where[:, 0], tf.int32), tf.gather_nd(labels, where)
 

@@ -109,15 +109,17 @@ PACKAGE = "tfattn_apps"
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
+# The optional crop classifier (either head): off; rescoring weight chosen on validation
+# (apps/detection/README.md, "Crop classifier, A/B").
+SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
-                  attention_reduction=8, attention_kernel_size=7, roi_crop_size=0,
-                  roi_crop_weight=0.25),
+                  attention_reduction=8, attention_kernel_size=7, **SECOND_STAGE_DEFAULTS),
     "detr": dict(hidden_dim=128, num_heads=4, intermediate_dim=256, dropout_rate=0.1,
                  num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
                  memory_stride=16, prior_probability=None, two_stage=False,
-                 denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25),
+                 denoising_groups=0, **SECOND_STAGE_DEFAULTS),
 }
 BACKBONE_DEFAULTS = {
     "cnn": dict(backbone_widths=(32, 64, 128, 256), activation="silu"),
@@ -792,9 +794,8 @@ class CropClassifier(keras.layers.Layer):
 
     A small VGG-style CNN: a stride-2 ConvBNAct 3x3 (SiLU) stem, then per stage a 2x2
     max-pool and two ConvBNAct 3x3, global average pool, dropout, a linear layer to K
-    logits. It reads the input
-    pixels of each box resampled to a fixed square, so every object is classified at one
-    scale, whatever its size in the image.
+    logits. It reads the input pixels of each box resampled to a fixed square, so every
+    object is classified at one scale, whatever its size in the image.
 
     Args:
         num_classes: K.

@@ -185,7 +185,7 @@ def postprocess_dense(outputs, image_size, strides=(8, 16, 32), max_detections=1
                          tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections)
 
 
-def rescore_with_crops(detections, classify, crop_weight=0.5, score_threshold=0.0):
+def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0.0):
     """Detections rescored by a second-stage classifier of their crops, re-sorted.
 
     Each detection (box b, class c, score s) gets s^(1 - w) * p(c | crop of b)^w, the
