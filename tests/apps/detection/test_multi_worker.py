@@ -22,8 +22,9 @@ TIMEOUT = 420
 
 def test_trains_evaluates_and_exports_on_two_loopback_workers(tmp_path, e2e_scenes):
     workdir = str(tmp_path / "mw")
+    # With the crop classifier (the scenes preset carries it): dynamic crop counts per replica.
     command = ["--preset", "test", "--data", e2e_scenes, "--strategy", "multi_worker",
-               "--batch_size", "4", "--workdir", workdir]
+               "--batch_size", "4", "--roi_crop_size", "16", "--workdir", workdir]
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     runs = [(command, {"cluster": cluster, "task": {"type": "worker", "index": i}})
             for i in range(2)]
