@@ -201,8 +201,12 @@ def main(argv=None):
             from tfattn.training.export import export_for_serving
 
             export_for_serving(model, os.path.join(args.workdir, "export"), "mw", 1, save_keras=False)
+    from tensorflow.python.eager import context
+
+    coordination = context.context().coordination_service
     result = {
         "num_replicas": strategy.num_replicas_in_sync,
+        "heartbeat_timeout_ms": coordination.heartbeat_timeout_in_ms if coordination else None,
         "is_chief": strategy_lib.is_chief(strategy),
         "step_losses": step_losses,
         "epoch_losses": [float(v) for v in history.history["loss"]],

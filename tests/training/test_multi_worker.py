@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.training.mw_worker import free_port, run_workers
+from tfattn.training import strategy as strategy_lib
 
 TIMEOUT = 300
 
@@ -55,6 +56,9 @@ def test_two_workers_fit_matches_single_process(tmp_path):
     assert r0["num_replicas"] == r1["num_replicas"] == 2
     assert (r0["is_chief"], r1["is_chief"]) == (True, False)
     assert single["num_replicas"] == 1
+    # The coordination service runs with tfattn's heartbeat timeout, not TF's 10 s.
+    expected_ms = int(strategy_lib.DEFAULT_HEARTBEAT_TIMEOUT_S * 1000)
+    assert r0["heartbeat_timeout_ms"] == r1["heartbeat_timeout_ms"] == expected_ms
     assert len(r0["step_losses"]) == len(single["step_losses"]) == 16
 
     for a, b in zip(w0, w1):

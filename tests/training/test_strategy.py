@@ -85,6 +85,16 @@ def test_multi_worker_with_bad_tf_config_fails_before_tf(monkeypatch):
         strategy_lib.resolve_strategy("multi_worker")
 
 
+def test_heartbeat_timeout_from_environment():
+    env_name = strategy_lib.HEARTBEAT_TIMEOUT_ENV
+    assert strategy_lib.heartbeat_timeout_s({}) == strategy_lib.DEFAULT_HEARTBEAT_TIMEOUT_S
+    assert strategy_lib.heartbeat_timeout_s({env_name: ""}) == strategy_lib.DEFAULT_HEARTBEAT_TIMEOUT_S
+    assert strategy_lib.heartbeat_timeout_s({env_name: "300"}) == 300.0
+    for bad in ("0", "-5", "abc", "nan"):
+        with pytest.raises(ValueError, match=f"{env_name}=.*positive number of seconds"):
+            strategy_lib.heartbeat_timeout_s({env_name: bad})
+
+
 def test_parse_tf_config_valid():
     config = strategy_lib.parse_tf_config(_env(VALID_TF_CONFIG))
     assert config == VALID_TF_CONFIG

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = (None, "float32", "mixed_float16", "mixed_bfloat16")
 TASK_TYPES = ("chief", "worker", "evaluator")
+# How long the multi-worker coordination service waits for a worker's heartbeat before it
+# declares the worker dead and aborts every collective. TensorFlow's default is 10 s, which a
+# busy host (two workers tracing big graphs on two shared cores) can exceed with no worker
+# failing at all; a real crash still ends the job, only up to this much later.
+HEARTBEAT_TIMEOUT_ENV = "TFATTN_HEARTBEAT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60.0
 
 
 class TPUNotFoundError(RuntimeError):
@@ -80,8 +86,62 @@ def resolve_strategy(name="auto", tpu=None):
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
         parse_tf_config()  # fail with a clear message before TF parses it
+        _configure_coordination_service(heartbeat_timeout_s())
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
+
+
+def heartbeat_timeout_s(env=None):
+    """The coordination-service heartbeat timeout in seconds, from `TFATTN_HEARTBEAT_TIMEOUT_S`.
+
+    Defaults to `DEFAULT_HEARTBEAT_TIMEOUT_S`. Raises ValueError naming the variable when it
+    is not a positive number.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(HEARTBEAT_TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_HEARTBEAT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(
+            f"{HEARTBEAT_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds "
+            f"(default {DEFAULT_HEARTBEAT_TIMEOUT_S:g})."
+        )
+    return value
+
+
+def _configure_coordination_service(timeout_s):
+    """Sets up the coordination service as `MultiWorkerMirroredStrategy` would, but with
+    `timeout_s` as the heartbeat timeout (the strategy keeps a service configured before
+    it). Chief and worker tasks only; a no-op once the context has one.
+    """
+    # The proto module moves between TF releases; take it from the strategy that uses it.
+    from tensorflow.python.distribute import collective_all_reduce_strategy, multi_worker_util
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    if ctx.coordination_service is not None:
+        return
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster_spec = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker"):
+        return
+    jobs = [
+        collective_all_reduce_strategy.coordination_config_pb2.CoordinatedJob(
+            name=job, num_tasks=cluster_spec.num_tasks(job)
+        )
+        for job in ("chief", "worker")
+        if job in cluster_spec.jobs
+    ]
+    ctx.configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=int(timeout_s * 1000),
+    )
 
 
 def _tpu_strategy(tpu):
