@@ -105,6 +105,14 @@ class Config(AppConfig):
         "square (trained on jittered target boxes) and rescores the detections; none: "
         "default (0, off)"
     )
+    roi_crop_widths: tuple[int, ...] | None = config_field(
+        None, "with --roi_crop_size: the crop classifier's stem and stage widths; none: "
+        "default (24 48 96)"
+    )
+    roi_crop_flip: bool | None = config_field(
+        None, "with --roi_crop_size: classify each crop and its mirror image and average "
+        "(test-time flip; twice the crops at inference); none: default (off)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -171,6 +179,14 @@ class Config(AppConfig):
         if self.jit_compile and self.roi_crop_size:
             raise ValueError("--roi_crop_size crops a dynamic number of boxes, which XLA does "
                              "not compile: drop --jit_compile or set --roi_crop_size 0.")
+        if not self.roi_crop_size and (self.roi_crop_widths is not None
+                                       or self.roi_crop_flip is not None):
+            raise ValueError("--roi_crop_widths and --roi_crop_flip configure the crop "
+                             "classifier: add --roi_crop_size N (N > 0).")
+        if self.roi_crop_widths is not None and (
+                not self.roi_crop_widths or min(self.roi_crop_widths) < 1):
+            raise ValueError(f"`roi_crop_widths` must be positive widths (stem, then each "
+                             f"stage); got {self.roi_crop_widths}.")
         if self.backbone_widths is not None and (
                 len(self.backbone_widths) != 4 or min(self.backbone_widths) < 1):
             raise ValueError(f"`backbone_widths` must be 4 positive stage widths (strides 4, 8, "

@@ -111,7 +111,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 # The optional crop classifier (either head): off; rescoring weight chosen on validation
 # (apps/detection/README.md, "Crop classifier, A/B").
-SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25)
+SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25, roi_crop_widths=(24, 48, 96),
+                             roi_crop_flip=False)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -129,7 +130,8 @@ BACKBONE_DEFAULTS = {
 # The hyperparameters the training CLI exposes (apps/detection/config.py fields).
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
-                 "backbone_widths", "num_convs", "roi_crop_size")
+                 "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
+                 "roi_crop_flip")
 
 
 def _upsample2x(x):
@@ -890,6 +892,9 @@ class Detector(keras.Model):
             (`postprocess.rescore_with_crops`). 0 = off.
         roi_crop_weight: the crop classifier's weight w in the rescored detection score
             `score^(1 - w) * p(class | crop)^w`.
+        roi_crop_widths: the crop classifier's stem and stage widths (`CropClassifier`).
+        roi_crop_flip: `detect` averages the crop classifier's logits over each crop and
+            its left-right mirror (test-time augmentation; twice the crops to classify).
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -908,7 +913,7 @@ class Detector(keras.Model):
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
-                 **kwargs):
+                 roi_crop_widths=(24, 48, 96), roi_crop_flip=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -927,6 +932,10 @@ class Detector(keras.Model):
         if not isinstance(roi_crop_size, int) or roi_crop_size < 0:
             raise ValueError(f"`roi_crop_size` must be an int >= 0 (0: no crop classifier); got "
                              f"{roi_crop_size!r}.")
+        roi_crop_widths = tuple(roi_crop_widths)  # JSON configs give lists
+        if not roi_crop_widths or not all(isinstance(w, int) and w > 0 for w in roi_crop_widths):
+            raise ValueError(f"`roi_crop_widths` must be positive ints (stem, then each stage); "
+                             f"got {roi_crop_widths!r}.")
         if not 0.0 <= roi_crop_weight <= 1.0:
             raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
@@ -948,7 +957,8 @@ class Detector(keras.Model):
             attention_kernel_size=attention_kernel_size, prior_probability=prior_probability,
             no_object_weight=no_object_weight, two_stage=bool(two_stage),
             denoising_groups=int(denoising_groups), roi_crop_size=roi_crop_size,
-            roi_crop_weight=float(roi_crop_weight))
+            roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
+            roi_crop_flip=bool(roi_crop_flip))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -972,7 +982,8 @@ class Detector(keras.Model):
             names = ("focal_loss", "giou_loss", "centerness_loss")
         self.crop_classifier = None
         if roi_crop_size:
-            self.crop_classifier = CropClassifier(num_classes, name="crop_classifier")
+            self.crop_classifier = CropClassifier(num_classes, widths=roi_crop_widths,
+                                                  name="crop_classifier")
             names += ("crop_loss", "crop_accuracy")
         # Loss components as metrics: fit / evaluate log them (val_ prefixed).
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in names]
@@ -1029,9 +1040,10 @@ class Detector(keras.Model):
             data = keras.utils.pack_x_y_sample_weight((x, y), y, sample_weight)
         return super().train_step(data)
 
-    def classify_boxes(self, images, boxes, image_index, training=False):
+    def classify_boxes(self, images, boxes, image_index, training=False, flip=False):
         """Crop classifier logits `(n, K)` of normalised xyxy `boxes` `(n, 4)` in
-        `images[image_index]` (`images` `(B, S, S, 3)` 0..255); needs `roi_crop_size`."""
+        `images[image_index]` (`images` `(B, S, S, 3)` 0..255); needs `roi_crop_size`.
+        `flip`: the mean of the logits of each crop and of its left-right mirror."""
         from apps.detection import box_ops
 
         if self.crop_classifier is None:
@@ -1039,7 +1051,12 @@ class Detector(keras.Model):
         crops = box_ops.crop_boxes(images, boxes, image_index, self.hparams["roi_crop_size"])
         # An empty set of boxes (no targets, no detections) runs one zero crop, dropped.
         crops, n = nonempty_batch(ops.cast(crops, self.compute_dtype))
-        return self.crop_classifier(self._normalise(crops), training=training)[:n]
+        if not flip:
+            return self.crop_classifier(self._normalise(crops), training=training)[:n]
+        both = ops.concatenate([crops, ops.flip(crops, axis=2)], axis=0)  # one classifier call
+        logits = self.crop_classifier(self._normalise(both), training=training)
+        rows = ops.shape(crops)[0]
+        return (0.5 * (logits[:rows] + logits[rows:]))[:n]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         from apps.detection import losses  # the matcher imports scipy; only when training
@@ -1093,7 +1110,9 @@ class Detector(keras.Model):
         threshold = (postprocess.DEFAULT_SCORE_THRESHOLD[self.head] if score_threshold is None
                      else score_threshold)
         return postprocess.rescore_with_crops(
-            detections, lambda boxes, index: ops.softmax(self.classify_boxes(images, boxes, index)),
+            detections,
+            lambda boxes, index: ops.softmax(self.classify_boxes(
+                images, boxes, index, flip=self.hparams["roi_crop_flip"])),
             crop_weight=self.hparams["roi_crop_weight"], score_threshold=threshold)
 
     def attention_maps(self, images):
@@ -1116,8 +1135,9 @@ class Detector(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if "backbone_widths" in config:  # JSON turns the tuple into a list
-            config["backbone_widths"] = tuple(config["backbone_widths"])
+        for key in ("backbone_widths", "roi_crop_widths"):  # JSON turns tuples into lists
+            if key in config:
+                config[key] = tuple(config[key])
         return cls(**config)
 
 

@@ -404,3 +404,44 @@ def test_crop_classifier_learns_rescores_detections_and_round_trips(tmp_path):
     again = restored.detect(images, max_detections=10)
     for key in got:
         np.testing.assert_allclose(again[key], got[key], atol=1e-5, err_msg=key)
+
+
+def test_crop_classifier_widths_and_test_time_flip(tmp_path):
+    # roi_crop_widths sizes the classifier; roi_crop_flip averages each crop's logits with
+    # its mirror's: the same as classifying the mirrored box in the mirrored image, so the
+    # flipped score is mirror-invariant; detect() uses it; both survive a .keras round trip.
+    images, targets = _scenes(3)
+    model = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16), roi_crop_flip=True)
+    assert model.crop_classifier.widths == (8, 16)
+    boxes = tf.constant([[0.1, 0.2, 0.5, 0.9], [0.3, 0.0, 1.0, 0.4]], tf.float32)
+    index = tf.constant([0, 1], tf.int32)
+    mirror_images = np.ascontiguousarray(images[:, :, ::-1])
+    mirror_boxes = tf.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], -1)
+    plain = model.classify_boxes(images, boxes, index).numpy()
+    mirrored = model.classify_boxes(mirror_images, mirror_boxes, index).numpy()
+    flipped = model.classify_boxes(images, boxes, index, flip=True).numpy()
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the classifier is not symmetric
+    np.testing.assert_allclose(flipped, 0.5 * (plain + mirrored), atol=1e-4)
+    np.testing.assert_allclose(
+        model.classify_boxes(mirror_images, mirror_boxes, index, flip=True), flipped, atol=1e-4)
+    assert model.classify_boxes(images, boxes[:0], index[:0], flip=True).shape == (0, K)
+
+    unflipped = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16))
+    unflipped.set_weights(model.get_weights())
+    got, without = model.detect(images, max_detections=10), unflipped.detect(images, max_detections=10)
+    assert not np.allclose(got["scores"], without["scores"], atol=1e-4)
+    n = int(got["num_detections"][0])
+    probs = keras.ops.softmax(model.classify_boxes(
+        images, got["boxes"][0, :n], tf.zeros([n], tf.int32), flip=True)).numpy()
+    p = probs[np.arange(n), got["classes"][0, :n].numpy()]
+    assert n > 0 and np.all(got["scores"][0, :n] <= p ** model.hparams["roi_crop_weight"] + 1e-5)
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert restored.hparams["roi_crop_widths"] == (8, 16) and restored.hparams["roi_crop_flip"]
+    again = restored.detect(images, max_detections=10)
+    for key in got:
+        np.testing.assert_allclose(again[key], got[key], atol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="roi_crop_widths"):
+        _build("dense", roi_crop_size=16, roi_crop_widths=(8, 0))
