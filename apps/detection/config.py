@@ -22,7 +22,13 @@ Your own data (COCO folder or .json, Pascal VOC folder, CSV `image,xmin,ymin,xma
 import dataclasses
 from typing import Literal
 
-from apps.detection.model import BACKBONES, HEADS, MODEL_HPARAMS, hparam_names
+from apps.detection.model import (
+    BACKBONES,
+    CROP_CLASSIFIER_WIDTHS,
+    HEADS,
+    MODEL_HPARAMS,
+    hparam_names,
+)
 from tfattn.training import AppConfig, config_field
 
 Head = Literal[HEADS]
@@ -107,7 +113,7 @@ class Config(AppConfig):
     )
     roi_crop_widths: tuple[int, ...] | None = config_field(
         None, "with --roi_crop_size: the crop classifier's stem and stage widths; none: "
-        "default (24 48 96)"
+        f"default ({','.join(map(str, CROP_CLASSIFIER_WIDTHS))})"
     )
     roi_crop_flip: bool | None = config_field(
         None, "with --roi_crop_size: classify each crop and its mirror image and average "

@@ -111,8 +111,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 # The optional crop classifier (either head): off; rescoring weight chosen on validation
 # (apps/detection/README.md, "Crop classifier, A/B").
-SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25, roi_crop_widths=(24, 48, 96),
-                             roi_crop_flip=False)
+CROP_CLASSIFIER_WIDTHS = (24, 48, 96)  # stem, then each stage (`CropClassifier`)
+SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
+                             roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -811,7 +812,7 @@ class CropClassifier(keras.layers.Layer):
         `(n, K)` float32 logits.
     """
 
-    def __init__(self, num_classes, widths=(24, 48, 96), dropout_rate=0.1, **kwargs):
+    def __init__(self, num_classes, widths=CROP_CLASSIFIER_WIDTHS, dropout_rate=0.1, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.widths = tuple(widths)
@@ -913,7 +914,7 @@ class Detector(keras.Model):
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
-                 roi_crop_widths=(24, 48, 96), roi_crop_flip=False, **kwargs):
+                 roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = (None, "float32", "mixed_float16", "mixed_bfloat16")
 TASK_TYPES = ("chief", "worker", "evaluator")
+COORDINATED_TASK_TYPES = ("chief", "worker")  # the tasks the coordination service tracks
 # How long the multi-worker coordination service waits for a worker's heartbeat before it
 # declares the worker dead and aborts every collective. TensorFlow's default is 10 s, which a
 # busy host (two workers tracing big graphs on two shared cores) can exceed with no worker
@@ -127,13 +128,13 @@ def _configure_coordination_service(timeout_s):
         return
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     cluster_spec = resolver.cluster_spec()
-    if resolver.task_type not in ("chief", "worker"):
+    if resolver.task_type not in COORDINATED_TASK_TYPES:
         return
     jobs = [
         collective_all_reduce_strategy.coordination_config_pb2.CoordinatedJob(
             name=job, num_tasks=cluster_spec.num_tasks(job)
         )
-        for job in ("chief", "worker")
+        for job in COORDINATED_TASK_TYPES
         if job in cluster_spec.jobs
     ]
     ctx.configure_coordination_service(
