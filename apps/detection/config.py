@@ -119,6 +119,10 @@ class Config(AppConfig):
         None, "with --roi_crop_size: classify each crop and its mirror image and average "
         "(test-time flip; twice the crops at inference); none: default (off)"
     )
+    roi_crop_views: int | None = config_field(
+        None, "with --roi_crop_size: training classifies this many independently jittered "
+        "crops of every target box per step; none: default (1)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -186,9 +190,10 @@ class Config(AppConfig):
             raise ValueError("--roi_crop_size crops a dynamic number of boxes, which XLA does "
                              "not compile: drop --jit_compile or set --roi_crop_size 0.")
         if not self.roi_crop_size and (self.roi_crop_widths is not None
-                                       or self.roi_crop_flip is not None):
-            raise ValueError("--roi_crop_widths and --roi_crop_flip configure the crop "
-                             "classifier: add --roi_crop_size N (N > 0).")
+                                       or self.roi_crop_flip is not None
+                                       or self.roi_crop_views is not None):
+            raise ValueError("--roi_crop_widths, --roi_crop_flip and --roi_crop_views configure "
+                             "the crop classifier: add --roi_crop_size N (N > 0).")
         if self.roi_crop_widths is not None and (
                 not self.roi_crop_widths or min(self.roi_crop_widths) < 1):
             raise ValueError(f"`roi_crop_widths` must be positive widths (stem, then each "

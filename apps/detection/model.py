@@ -113,7 +113,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 # (apps/detection/README.md, "Crop classifier, A/B").
 CROP_CLASSIFIER_WIDTHS = (24, 48, 96)  # stem, then each stage (`CropClassifier`)
 SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
-                             roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False)
+                             roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False,
+                             roi_crop_views=1)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -132,7 +133,7 @@ BACKBONE_DEFAULTS = {
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
-                 "roi_crop_flip")
+                 "roi_crop_flip", "roi_crop_views")
 
 
 def _upsample2x(x):
@@ -896,6 +897,9 @@ class Detector(keras.Model):
         roi_crop_widths: the crop classifier's stem and stage widths (`CropClassifier`).
         roi_crop_flip: `detect` averages the crop classifier's logits over each crop and
             its left-right mirror (test-time augmentation; twice the crops to classify).
+        roi_crop_views: training classifies this many independently jittered crops of
+            every target box per step (the classifier's batch grows, the detector's
+            does not).
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -914,7 +918,8 @@ class Detector(keras.Model):
                  num_decoder_layers=3, memory_stride=16, num_convs=2, attention_reduction=8,
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
-                 roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, **kwargs):
+                 roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, roi_crop_views=1,
+                 **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -937,6 +942,8 @@ class Detector(keras.Model):
         if not roi_crop_widths or not all(isinstance(w, int) and w > 0 for w in roi_crop_widths):
             raise ValueError(f"`roi_crop_widths` must be positive ints (stem, then each stage); "
                              f"got {roi_crop_widths!r}.")
+        if not isinstance(roi_crop_views, int) or roi_crop_views < 1:
+            raise ValueError(f"`roi_crop_views` must be an int >= 1; got {roi_crop_views!r}.")
         if not 0.0 <= roi_crop_weight <= 1.0:
             raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
@@ -959,7 +966,7 @@ class Detector(keras.Model):
             no_object_weight=no_object_weight, two_stage=bool(two_stage),
             denoising_groups=int(denoising_groups), roi_crop_size=roi_crop_size,
             roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
-            roi_crop_flip=bool(roi_crop_flip))
+            roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views)
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -1074,7 +1081,11 @@ class Detector(keras.Model):
             parts = losses.dense_loss(y, y_pred, self.image_size, self.strides)
         if self.crop_classifier is not None:
             images = x[0] if isinstance(x, (tuple, list)) else x
-            boxes, index, labels = losses.jittered_target_boxes(y, jitter=0.1 if training else 0.0)
+            views = self.hparams["roi_crop_views"] if training else 1
+            boxes, index, labels = (
+                ops.concatenate(parts, axis=0) for parts in zip(*(
+                    losses.jittered_target_boxes(y, jitter=0.1 if training else 0.0)
+                    for _ in range(views))))
             logits = self.classify_boxes(images, boxes, index, training=training)
             parts.update(losses.crop_classifier_loss(labels, logits))
             parts["loss"] = parts["loss"] + parts["crop_loss"]

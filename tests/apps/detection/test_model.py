@@ -445,3 +445,32 @@ def test_crop_classifier_widths_and_test_time_flip(tmp_path):
         np.testing.assert_allclose(again[key], got[key], atol=1e-5, err_msg=key)
     with pytest.raises(ValueError, match="roi_crop_widths"):
         _build("dense", roi_crop_size=16, roi_crop_widths=(8, 0))
+
+
+def test_crop_classifier_views(tmp_path):
+    # roi_crop_views=3: each training step classifies three differently jittered crops of
+    # every target box (labels repeated); evaluation classifies each box once, unjittered.
+    images, targets = _scenes(3)
+    model = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16), roi_crop_views=3)
+    seen = []
+    classify = model.classify_boxes
+
+    def spy(images, boxes, index, training=False, flip=False):
+        seen.append((boxes.numpy(), index.numpy(), training))
+        return classify(images, boxes, index, training=training, flip=flip)
+
+    model.classify_boxes = spy
+    x, y = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
+    real = targets["labels"] >= 0
+    n = int(real.sum())
+    model.compute_loss(x, y, training=True)
+    boxes, index, training = seen[-1]
+    assert training and boxes.shape == (3 * n, 4)
+    np.testing.assert_array_equal(index, np.tile(np.nonzero(real)[0], 3))
+    assert not np.allclose(boxes[:n], boxes[n:2 * n], atol=1e-3)  # independent jitter
+    model.compute_loss(x, y, training=False)
+    boxes, _, training = seen[-1]
+    assert not training and boxes.shape == (n, 4)
+    np.testing.assert_allclose(boxes, targets["boxes"][real], atol=1e-6)
+    with pytest.raises(ValueError, match="roi_crop_views"):
+        _build("dense", roi_crop_size=16, roi_crop_views=0)
