@@ -314,7 +314,7 @@ def dense_loss(targets, outputs, image_size, strides=(8, 16, 32), size_ranges=No
 # --------------------------------------------------------------------------- crop classifier
 
 
-def jittered_target_boxes(targets, jitter=0.1):
+def jittered_target_boxes(targets, jitter=0.1, views=1):
     """The real target boxes of a batch, flattened and randomly moved like detections.
 
     Args:
@@ -323,13 +323,16 @@ def jittered_target_boxes(targets, jitter=0.1):
         jitter: standard deviation of the centre shift (share of the box's width / height)
             and of the log-scale of each side; 0: the boxes as they are. 0.1 gives crops
             of IoU ~0.75 with their box, the quality of a typical detection.
+        views: copies of every box, each jittered independently (view-major order).
 
     Returns:
         (boxes [n, 4] normalised xyxy clipped to [0, 1], image_index int32 [n],
-        labels int32 [n]), n = the number of real boxes (dynamic).
+        labels int32 [n]), n = views x the number of real boxes (dynamic).
     """
     labels = tf.cast(targets["labels"], tf.int32)
     where = tf.where(labels >= 0)  # [n, 2] (image, slot)
+    if views > 1:
+        where = tf.tile(where, [views, 1])
     boxes = tf.gather_nd(tf.cast(targets["boxes"], tf.float32), where)
     if jitter:
         cxcywh = box_ops.xyxy_to_cxcywh(boxes)

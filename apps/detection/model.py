@@ -1081,11 +1081,9 @@ class Detector(keras.Model):
             parts = losses.dense_loss(y, y_pred, self.image_size, self.strides)
         if self.crop_classifier is not None:
             images = x[0] if isinstance(x, (tuple, list)) else x
-            views = self.hparams["roi_crop_views"] if training else 1
-            boxes, index, labels = (
-                ops.concatenate(parts, axis=0) for parts in zip(*(
-                    losses.jittered_target_boxes(y, jitter=0.1 if training else 0.0)
-                    for _ in range(views))))
+            boxes, index, labels = losses.jittered_target_boxes(
+                y, jitter=0.1 if training else 0.0,
+                views=self.hparams["roi_crop_views"] if training else 1)
             logits = self.classify_boxes(images, boxes, index, training=training)
             parts.update(losses.crop_classifier_loss(labels, logits))
             parts["loss"] = parts["loss"] + parts["crop_loss"]

@@ -432,6 +432,13 @@ def test_jittered_target_boxes_flatten_real_slots_and_stay_near_them():
     np.testing.assert_allclose(exact, boxes[[0, 0, 2], [0, 2, 1]])
     np.testing.assert_array_equal(index, [0, 0, 2])
     np.testing.assert_array_equal(got_labels, [2, 0, 1])
+    # views: the real boxes repeated view after view, each copy jittered on its own
+    exact3, index3, labels3 = losses.jittered_target_boxes(targets, jitter=0.0, views=3)
+    np.testing.assert_allclose(exact3, np.tile(boxes[[0, 0, 2], [0, 2, 1]], (3, 1)))
+    np.testing.assert_array_equal(index3, [0, 0, 2] * 3)
+    np.testing.assert_array_equal(labels3, [2, 0, 1] * 3)
+    moved3, _, _ = losses.jittered_target_boxes(targets, jitter=0.1, views=3)
+    assert moved3.shape == (9, 4) and not np.allclose(moved3[:3], moved3[3:6], atol=1e-3)
 
     tf.random.set_seed(0)
     many = {"boxes": tf.tile(tf.constant(boxes), [200, 1, 1]),

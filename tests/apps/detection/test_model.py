@@ -447,7 +447,7 @@ def test_crop_classifier_widths_and_test_time_flip(tmp_path):
         _build("dense", roi_crop_size=16, roi_crop_widths=(8, 0))
 
 
-def test_crop_classifier_views(tmp_path):
+def test_crop_classifier_views():
     # roi_crop_views=3: each training step classifies three differently jittered crops of
     # every target box (labels repeated); evaluation classifies each box once, unjittered.
     images, targets = _scenes(3)
