@@ -294,8 +294,16 @@ def dot_product_attention(
         weights = ops.where(mask, weights, ops.zeros_like(weights))
     weights = ops.cast(weights, value.dtype)
 
-    dropped = dropout(weights, dropout_rate, seed_generator) if apply_dropout else weights
-    out = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+    if not apply_dropout:
+        out = ops.einsum("bhqk,bkhd->bqhd", weights, value)
+    else:
+        # Inverted dropout, with its 1/(1 - rate) applied to the (q_len x dim) output
+        # rather than to the (q_len x k_len) weights: one fewer elementwise pass over the
+        # largest tensor of the step, forward and backward.
+        keep = keep_mask(tuple(ops.shape(weights)), dropout_rate, seed_generator)
+        dropped = ops.where(keep, weights, ops.zeros_like(weights))
+        out = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+        out = out * ops.cast(1.0 / (1.0 - dropout_rate), out.dtype)
     if return_weights:
         return out, weights
     return out
