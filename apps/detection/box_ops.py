@@ -102,6 +102,18 @@ def elementwise_giou(boxes1, boxes2):
     return _iou_and_giou(boxes1, boxes2)[1]
 
 
+def square_context_boxes(boxes, context):
+    """Squares around xyxy `boxes` (n, 4) on a square image: each centred on its box, of side
+    `(1 + 2 * context)` times the box's longer side, so a crop of it keeps the object's
+    aspect ratio and shows `context` of that side around it (R-CNN's context padding,
+    Girshick et al. 2014, appendix A). Coordinates may leave [0, 1]."""
+    boxes = tf.cast(boxes, tf.float32)
+    x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=-1)
+    half = 0.5 * (1.0 + 2.0 * context) * tf.maximum(x1 - x0, y1 - y0)
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+    return tf.stack([cx - half, cy - half, cx + half, cy + half], -1)
+
+
 def crop_boxes(images, boxes, box_indices, crop_size):
     """Crops of xyxy boxes resized to `crop_size` squares (bilinear; RoIAlign-like).
 

@@ -123,6 +123,11 @@ class Config(AppConfig):
         None, "with --roi_crop_size: training classifies this many independently jittered "
         "crops of every target box per step; none: default (1)"
     )
+    roi_crop_context: float | None = config_field(
+        None, "with --roi_crop_size: crop the square of side (1 + 2C) x each box's longer "
+        "side around its centre (aspect ratio kept, surroundings shown) instead of the box "
+        "warped to a square; none: default (the box itself)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -191,13 +196,18 @@ class Config(AppConfig):
                              "not compile: drop --jit_compile or set --roi_crop_size 0.")
         if not self.roi_crop_size and (self.roi_crop_widths is not None
                                        or self.roi_crop_flip is not None
-                                       or self.roi_crop_views is not None):
-            raise ValueError("--roi_crop_widths, --roi_crop_flip and --roi_crop_views configure "
+                                       or self.roi_crop_views is not None
+                                       or self.roi_crop_context is not None):
+            raise ValueError("--roi_crop_widths, --roi_crop_flip, --roi_crop_views and "
+                             "--roi_crop_context configure "
                              "the crop classifier: add --roi_crop_size N (N > 0).")
         if self.roi_crop_widths is not None and (
                 not self.roi_crop_widths or min(self.roi_crop_widths) < 1):
             raise ValueError(f"`roi_crop_widths` must be positive widths (stem, then each "
                              f"stage); got {self.roi_crop_widths}.")
+        if self.roi_crop_context is not None and not 0.0 <= self.roi_crop_context <= 2.0:
+            raise ValueError(f"`roi_crop_context` must be in [0, 2] (a share of the box's "
+                             f"longer side) or none; got {self.roi_crop_context}.")
         if self.backbone_widths is not None and (
                 len(self.backbone_widths) != 4 or min(self.backbone_widths) < 1):
             raise ValueError(f"`backbone_widths` must be 4 positive stage widths (strides 4, 8, "

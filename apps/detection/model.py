@@ -114,7 +114,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 CROP_CLASSIFIER_WIDTHS = (24, 48, 96)  # stem, then each stage (`CropClassifier`)
 SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
                              roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False,
-                             roi_crop_views=1)
+                             roi_crop_views=1, roi_crop_context=None)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -133,7 +133,7 @@ BACKBONE_DEFAULTS = {
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
-                 "roi_crop_flip", "roi_crop_views")
+                 "roi_crop_flip", "roi_crop_views", "roi_crop_context")
 
 
 def _upsample2x(x):
@@ -900,6 +900,10 @@ class Detector(keras.Model):
         roi_crop_views: training classifies this many independently jittered crops of
             every target box per step (the classifier's batch grows, the detector's
             does not).
+        roi_crop_context: None crops each box itself, warped to the square; a number C
+            >= 0 crops the square of side (1 + 2C) x the box's longer side around its
+            centre instead (`box_ops.square_context_boxes`: keeps the aspect ratio,
+            shows the surroundings), in training and inference alike.
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -919,7 +923,7 @@ class Detector(keras.Model):
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
                  roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, roi_crop_views=1,
-                 **kwargs):
+                 roi_crop_context=None, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -944,6 +948,9 @@ class Detector(keras.Model):
                              f"got {roi_crop_widths!r}.")
         if not isinstance(roi_crop_views, int) or roi_crop_views < 1:
             raise ValueError(f"`roi_crop_views` must be an int >= 1; got {roi_crop_views!r}.")
+        if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
+            raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
+                             f"box's longer side); got {roi_crop_context!r}.")
         if not 0.0 <= roi_crop_weight <= 1.0:
             raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
@@ -966,7 +973,8 @@ class Detector(keras.Model):
             no_object_weight=no_object_weight, two_stage=bool(two_stage),
             denoising_groups=int(denoising_groups), roi_crop_size=roi_crop_size,
             roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
-            roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views)
+            roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views,
+            roi_crop_context=None if roi_crop_context is None else float(roi_crop_context))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -1056,6 +1064,8 @@ class Detector(keras.Model):
 
         if self.crop_classifier is None:
             raise ValueError("this detector has no crop classifier (roi_crop_size=0).")
+        if self.hparams["roi_crop_context"] is not None:
+            boxes = box_ops.square_context_boxes(boxes, self.hparams["roi_crop_context"])
         crops = box_ops.crop_boxes(images, boxes, image_index, self.hparams["roi_crop_size"])
         # An empty set of boxes (no targets, no detections) runs one zero crop, dropped.
         crops, n = nonempty_batch(ops.cast(crops, self.compute_dtype))

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy.stats import qmc
 
+from apps.detection import box_ops
 from apps.detection import model as det
 from apps.detection.postprocess import dense_points
 from tfattn.layers import SinePositionEncoding2D
@@ -474,3 +475,39 @@ def test_crop_classifier_views():
     np.testing.assert_allclose(boxes, targets["boxes"][real], atol=1e-6)
     with pytest.raises(ValueError, match="roi_crop_views"):
         _build("dense", roi_crop_size=16, roi_crop_views=0)
+
+
+def test_crop_classifier_square_context(tmp_path):
+    # roi_crop_context=C: the classifier sees the square of side (1 + 2C) x the box's longer
+    # side around the box's centre (a tall box keeps its shape, with context around it),
+    # in training and in detect(); it survives a .keras round trip; C is checked.
+    squares = box_ops.square_context_boxes(
+        tf.constant([[0.2, 0.1, 0.4, 0.9], [0.5, 0.5, 0.6, 0.55]]), 0.25).numpy()
+    np.testing.assert_allclose(squares, [[-0.3, -0.1, 0.9, 1.1], [0.475, 0.45, 0.625, 0.6]],
+                               atol=1e-6)
+    images, targets = _scenes(3)
+    plain = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16))
+    model = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16),
+                   roi_crop_context=0.25)
+    model.set_weights(plain.get_weights())
+    boxes = tf.constant([[0.2, 0.1, 0.4, 0.9], [0.3, 0.0, 1.0, 0.4]], tf.float32)
+    index = tf.constant([0, 1], tf.int32)
+    np.testing.assert_allclose(
+        model.classify_boxes(images, boxes, index),
+        plain.classify_boxes(images, box_ops.square_context_boxes(boxes, 0.25), index),
+        atol=1e-5)
+    assert not np.allclose(model.classify_boxes(images, boxes, index),
+                           plain.classify_boxes(images, boxes, index), atol=1e-3)
+    x, y = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
+    assert np.isfinite(float(model.compute_loss(x, y, training=True)))
+    got = model.detect(images, max_detections=10)
+    assert not np.allclose(got["scores"], plain.detect(images, max_detections=10)["scores"],
+                           atol=1e-4)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert restored.hparams["roi_crop_context"] == 0.25
+    np.testing.assert_allclose(restored.detect(images, max_detections=10)["scores"],
+                               got["scores"], atol=1e-5)
+    with pytest.raises(ValueError, match="roi_crop_context"):
+        _build("dense", roi_crop_size=16, roi_crop_context=-0.1)

@@ -195,15 +195,18 @@ def test_config_roi_crop_size(tmp_path):
         Config(**base, roi_crop_size=16, jit_compile=True)
     with pytest.raises(ValueError, match=r"`roi_crop_size` must be >= 0"):
         Config(**base, roi_crop_size=-1)
-    for flag in (dict(roi_crop_flip=True), dict(roi_crop_widths=(8, 16)), dict(roi_crop_views=2)):
+    for flag in (dict(roi_crop_flip=True), dict(roi_crop_widths=(8, 16)), dict(roi_crop_views=2),
+                 dict(roi_crop_context=0.1)):
         with pytest.raises(ValueError, match=r"add --roi_crop_size"):
             Config(**base, **flag)
     with pytest.raises(ValueError, match=r"`roi_crop_widths` must be positive"):
         Config(**base, roi_crop_size=16, roi_crop_widths=(8, 0))
     with pytest.raises(ValueError, match=r"`roi_crop_views` must be >= 1"):
         Config(**base, roi_crop_size=16, roi_crop_views=0)
+    with pytest.raises(ValueError, match=r"`roi_crop_context` must be in \[0, 2\]"):
+        Config(**base, roi_crop_size=16, roi_crop_context=2.5)
     cfg = Config(**base, roi_crop_size=16, roi_crop_widths=(8, 16), roi_crop_flip=True,
-                 roi_crop_views=3)
+                 roi_crop_views=3, roi_crop_context=0.1)
     model = build_detector(cfg.head, cfg.backbone, 3, cfg.image_size, **cfg.model_hparams())
     assert model.crop_classifier.widths == (8, 16) and model.hparams["roi_crop_flip"]
-    assert model.hparams["roi_crop_views"] == 3
+    assert model.hparams["roi_crop_views"] == 3 and model.hparams["roi_crop_context"] == 0.1
