@@ -37,6 +37,8 @@ Usage:
     python benchmarks/detection.py --minutes 30 --models dense,detr
     python benchmarks/detection.py --quick --models dense,detr,retinanet --out /tmp/d.json
     python benchmarks/detection.py --merge heads.json peers.json --out detection.json
+    python benchmarks/detection.py --models dense --workdir_root runs/bench --reuse_runs \
+        --out dense.json    # a finished run, evaluated again under the preset's inference options
 
 `--merge` joins results files of separate runs of the same setting (budget, data, splits,
 input size; checked) into one: `models` from every file (a later file's entry replaces an
@@ -52,6 +54,7 @@ Models not in `--models` are absent from `models`; their headline keys are null 
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -87,6 +90,9 @@ TARGETS = {"map": ">= 0.60 for the better tfattn head in 60 min", "ap50": ">= 0.
            "vs_peers": "better tfattn head ahead of both keras-hub detectors"}
 DATASET = os.path.join("data", "detection", "fashion_scenes")
 HEADS = {"dense": "scenes", "detr": "scenes_detr"}  # model name -> app preset
+# Config fields that act at inference only (`Detector.set_inference_options`): --reuse_runs
+# lets them differ from the run's.
+INFERENCE_FIELDS = ("roi_crop_classes", "roi_crop_flip")
 MODELS = (*HEADS, *peers.PEERS)
 PEER_BATCH_SIZE = 16
 # Peak learning rate, warm-up steps, and steps per TimeBudget "epoch" (~30-40 s each).
@@ -168,13 +174,44 @@ def serving_latency(serve, encoded, batch_size, calls, warmup_calls=2):
     return 1000.0 * (time.perf_counter() - start) / (calls * batch_size)
 
 
+def reevaluate_run(cfg):
+    """The summary of the finished run in `cfg.workdir`, trained under `cfg` (checked:
+    only the crop classifier's inference options may differ), evaluated and exported
+    again with `cfg`'s inference options: a changed preset's inference options measured
+    on the same training run, not a new one. The training figures (minutes, epochs,
+    images/s) stay the run's."""
+    from apps.detection.export import load_run
+
+    stored, model, meta = load_run(cfg.workdir)
+    changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
+                     if k not in INFERENCE_FIELDS and json.loads(json.dumps(v)) !=
+                     json.loads(json.dumps(getattr(stored, k))))
+    if changed:
+        raise ValueError(f"--reuse_runs: {cfg.workdir} was trained with other settings "
+                         f"({', '.join(changed)}); train it again instead.")
+    options = {k: getattr(cfg, k) for k in INFERENCE_FIELDS if getattr(cfg, k) is not None}
+    model.set_inference_options(**options)
+    print(f"{os.path.basename(cfg.workdir)}: reusing the trained run in {cfg.workdir}, "
+          f"evaluated again with {options or 'its own inference options'}", flush=True)
+    with open(os.path.join(cfg.workdir, "summary.json")) as f:
+        summary = json.load(f)
+    summary["reevaluated"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "inference_options": options}
+    data = app.load_data(cfg)
+    return app.evaluate_and_export(cfg, model, data, meta, summary)
+
+
 def run_head(name, args, overrides, root, test_split):
     # The head's preset under the shared settings (with --quick the "test" preset's sizes
     # over scenes_detr's head, rates and clipping).
     cfg = Config(**{**PRESETS[HEADS[name]], **overrides, "workdir": os.path.join(root, name)})
-    print(f"{name}: training ({cfg.time_budget_minutes:g} min budget, at most {cfg.epochs} "
-          "epochs)", flush=True)
-    summary = app.run(cfg)
+    if args.reuse_runs and os.path.exists(os.path.join(cfg.workdir, "summary.json")):
+        summary = reevaluate_run(cfg)
+    else:
+        print(f"{name}: training ({cfg.time_budget_minutes:g} min budget, at most {cfg.epochs} "
+              "epochs)", flush=True)
+        summary = app.run(cfg)
     encoded = encoded_test_images(test_split, 256)
     calls = {b: max(2, c // 8) if args.quick else c for b, c in LATENCY_CALLS.items()}
     loaded = tf.saved_model.load(summary["saved_model"])  # as TF Serving would load it
@@ -193,6 +230,7 @@ def run_head(name, args, overrides, root, test_split):
         "val": coco_metrics(summary["val"]), "test": coco_metrics(summary["test"]),
         **coco_metrics(summary["test"]),
         "serving_ms_per_image": latency,
+        **({"reevaluated": summary["reevaluated"]} if "reevaluated" in summary else {}),
     }
 
 
@@ -341,12 +379,16 @@ def main(argv=None):
     parser.add_argument("--minutes", type=float, default=None,
                         help=f"training budget per model (default 60; --quick: {QUICK_MINUTES})")
     parser.add_argument("--data", help=f"COCO-format dataset folder (default {DATASET}, "
-                        "generated if missing; --quick: a tiny one in a temporary folder)")
+                        "generated if missing; --quick: a tiny one, in a temporary folder unless --data)")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/detection.json; "
                         "with --quick a file in the temp dir)")
     parser.add_argument("--workdir_root", help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--reuse_runs", action="store_true",
+                        help="a tfattn head whose run in --workdir_root finished (summary.json) "
+                        "is not trained again: evaluated and exported again with the preset's "
+                        "inference options (only those may differ from the run's config)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                         help="join these results files into --out instead of training")
     args = parser.parse_args(argv)
@@ -384,6 +426,8 @@ def main(argv=None):
         root = args.workdir_root or tmp
         if args.data:
             data_path = args.data
+            if args.quick:  # the tiny scene set, generated there when missing
+                ensure_dataset(data_path, QUICK_SCENES)
         elif args.quick:
             data_path = os.path.join(tmp, "scenes")
             ensure_dataset(data_path, QUICK_SCENES)

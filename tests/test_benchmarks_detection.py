@@ -32,16 +32,17 @@ def quick_run(tmp_path_factory):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
         [sys.executable, os.path.join("benchmarks", "detection.py"), "--quick",
-         "--models", ",".join(RUN), "--out", str(out), "--workdir_root", str(tmp / "runs")],
+         "--models", ",".join(RUN), "--out", str(out), "--workdir_root", str(tmp / "runs"),
+         "--data", str(tmp / "scenes")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
-        return json.load(f), proc.stdout
+        return json.load(f), proc.stdout, tmp
 
 
 def test_quick_json_schema(quick_run):
-    info, stdout = quick_run
+    info, stdout, _ = quick_run
     assert info["benchmark"] == "detection" and info["quick"] is True and info["date"]
     assert {"platform", "cpu_count", "cpu_model", "memory_gib"} <= set(info["machine"])
     assert set(info["targets"]) == {"map", "ap50", "vs_peers"}
@@ -70,7 +71,7 @@ def test_quick_json_schema(quick_run):
 
 
 def test_quick_headline(quick_run):
-    info, _ = quick_run
+    info, _, _ = quick_run
     headline, models = info["headline"], info["models"]
     assert set(HEADLINE) <= set(headline)
     assert headline["keras_hub_dfine_map"] is None  # not run
@@ -89,6 +90,33 @@ def test_quick_headline(quick_run):
     assert headline["ap50"] == models[best]["ap50"]
     assert headline["train_minutes"] == models[best]["train_minutes"]
     assert headline["keras_hub_retinanet_map"] == models["retinanet"]["map"]
+
+
+def test_reuse_runs_evaluates_a_finished_run_again(quick_run):
+    """--reuse_runs does not train a head whose run finished: it evaluates and exports it
+    again under the preset's inference options, keeping the run's training figures; a run
+    trained under other settings is refused by name."""
+    info, _, tmp = quick_run
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [sys.executable, os.path.join("benchmarks", "detection.py"), "--quick", "--models",
+            "dense", "--workdir_root", str(tmp / "runs"), "--data", str(tmp / "scenes"),
+            "--reuse_runs"]
+    out = tmp / "again.json"
+    proc = subprocess.run(args + ["--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing the trained run" in proc.stdout and "training (" not in proc.stdout
+    first, again = info["models"]["dense"], json.loads(out.read_text())["models"]["dense"]
+    for key in ("train_minutes", "epochs_run", "train_images_per_second", "parameters"):
+        assert again[key] == first[key], key
+    # The preset's inference options are the run's own: the same detections.
+    assert again["map"] == pytest.approx(first["map"], abs=1e-6)
+    assert "inference_options" in again["reevaluated"]
+    assert again["serving_ms_per_image"]["batch_1"] > 0
+    proc = subprocess.run(args + ["--out", str(tmp / "refused.json"), "--minutes", "0.5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "trained with other settings (time_budget_minutes)" in \
+        proc.stderr, proc.stderr[-3000:]
 
 
 def test_merge_joins_separate_runs(tmp_path):

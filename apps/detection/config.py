@@ -33,7 +33,8 @@ from tfattn.training import AppConfig, config_field
 
 Head = Literal[HEADS]
 # Model counts where 0 means "none of it" (no encoder block, no denoising queries).
-COUNTS_FROM_ZERO = ("num_encoder_layers", "denoising_groups", "roi_crop_size")
+COUNTS_FROM_ZERO = ("num_encoder_layers", "denoising_groups", "roi_crop_size",
+                    "roi_crop_classes")
 Backbone = Literal[BACKBONES]
 
 
@@ -128,6 +129,11 @@ class Config(AppConfig):
         "side around its centre (aspect ratio kept, surroundings shown) instead of the box "
         "warped to a square; none: default (the box itself)"
     )
+    roi_crop_classes: int | None = config_field(
+        None, "with --roi_crop_size: detection also gives each box the crop classifier's "
+        "k most probable classes (then per-class NMS), not only the head's; inference "
+        "only; none: default (0, the head's classes)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")
@@ -197,9 +203,10 @@ class Config(AppConfig):
         if not self.roi_crop_size and (self.roi_crop_widths is not None
                                        or self.roi_crop_flip is not None
                                        or self.roi_crop_views is not None
-                                       or self.roi_crop_context is not None):
-            raise ValueError("--roi_crop_widths, --roi_crop_flip, --roi_crop_views and "
-                             "--roi_crop_context configure "
+                                       or self.roi_crop_context is not None
+                                       or self.roi_crop_classes is not None):
+            raise ValueError("--roi_crop_widths, --roi_crop_flip, --roi_crop_views, "
+                             "--roi_crop_context and --roi_crop_classes configure "
                              "the crop classifier: add --roi_crop_size N (N > 0).")
         if self.roi_crop_widths is not None and (
                 not self.roi_crop_widths or min(self.roi_crop_widths) < 1):

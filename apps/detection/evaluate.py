@@ -243,7 +243,7 @@ def format_table(metrics, per_label=None, class_names=None):
 def main(argv=None):
     import argparse
 
-    from apps.detection.export import load_run
+    from apps.detection.export import add_inference_args, apply_inference_args, load_run
     from apps.detection.train import load_data
 
     parser = argparse.ArgumentParser(prog="python -m apps.detection.evaluate",
@@ -255,8 +255,10 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     parser.add_argument("--score_threshold", type=float, default=None, help="default: the run's")
     parser.add_argument("--out", default=None, help="default: <workdir>/evaluation/<split>")
+    add_inference_args(parser)
     args = parser.parse_args(argv)
     cfg, model, meta = load_run(args.workdir)
+    options = apply_inference_args(model, args)
     if args.data:
         cfg.data, cfg.image_dir = args.data, args.image_dir
         cfg.limit_images = None
@@ -272,7 +274,8 @@ def main(argv=None):
     out = args.out or os.path.join(args.workdir, "evaluation", args.split)
     write_evaluation(out, metrics, per_label, data.class_names, results)
     print(f"{cfg.data} [{args.split}], {len(results)} detections on "
-          f"{args.limit or len(split)} images")
+          f"{args.limit or len(split)} images"
+          + "".join(f", --{k} {v}" for k, v in options.items()))
     print(format_table(metrics, per_label, data.class_names))
     print(f"wrote {out}/metrics.json, detections.json, per_class.csv, confusion.csv")
     return metrics

@@ -182,6 +182,36 @@ def export_detector(detector, export_dir, name, version, meta, overwrite=False,
     return report
 
 
+def _flag_bool(text):
+    if text.strip().lower() in ("true", "1", "yes"):
+        return True
+    if text.strip().lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+
+
+def add_inference_args(parser):
+    """The crop classifier's inference options (`Detector.set_inference_options`) as flags."""
+    group = parser.add_argument_group("crop classifier at inference (default: the run's)")
+    group.add_argument("--roi_crop_weight", type=float, default=None,
+                       help="weight w of the crop's class probability in score^(1-w) * p^w")
+    group.add_argument("--roi_crop_classes", type=int, default=None,
+                       help="also give each box the crop classifier's k likeliest classes (0: off)")
+    group.add_argument("--roi_crop_flip", type=_flag_bool, default=None,
+                       help="average each crop's logits with its mirror image's (true/false)")
+
+
+def apply_inference_args(detector, args):
+    """Applies `add_inference_args` flags to `detector`; returns the options changed."""
+    options = {k: getattr(args, k) for k in ("roi_crop_weight", "roi_crop_classes",
+                                             "roi_crop_flip") if getattr(args, k) is not None}
+    try:
+        detector.set_inference_options(**options)
+    except ValueError as error:
+        raise ValueError(f"--{' --'.join(options)}: {error}") from None
+    return options
+
+
 def load_run(workdir, model_path=None):
     """(config, detector, meta) of a training run's folder."""
     from apps.detection.config import Config
@@ -206,8 +236,10 @@ def main(argv=None):
     parser.add_argument("--name", default=None, help="model name TF Serving serves (default: the run's)")
     parser.add_argument("--version", type=int, help="SavedModel version (default: one above the newest)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    add_inference_args(parser)
     args = parser.parse_args(argv)
     cfg, detector, meta = load_run(args.workdir, args.model)
+    apply_inference_args(detector, args)
     export_dir = args.export_dir or os.path.join(args.workdir, "export")
     name = args.name or cfg.export_name
     version = args.version or training.next_version(export_dir, name)

@@ -114,7 +114,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 CROP_CLASSIFIER_WIDTHS = (24, 48, 96)  # stem, then each stage (`CropClassifier`)
 SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
                              roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False,
-                             roi_crop_views=1, roi_crop_context=None)
+                             roi_crop_views=1, roi_crop_context=None, roi_crop_classes=0)
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -133,7 +133,7 @@ BACKBONE_DEFAULTS = {
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
-                 "roi_crop_flip", "roi_crop_views", "roi_crop_context")
+                 "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes")
 
 
 def _upsample2x(x):
@@ -904,6 +904,9 @@ class Detector(keras.Model):
             >= 0 crops the square of side (1 + 2C) x the box's longer side around its
             centre instead (`box_ops.square_context_boxes`: keeps the aspect ratio,
             shows the surroundings), in training and inference alike.
+        roi_crop_classes: k > 0: `detect` also gives each detection's box the crop
+            classifier's k most probable classes, then per-class NMS
+            (`postprocess.rescore_with_crops`); inference only. 0 = the head's classes.
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -923,7 +926,7 @@ class Detector(keras.Model):
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
                  roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, roi_crop_views=1,
-                 roi_crop_context=None, **kwargs):
+                 roi_crop_context=None, roi_crop_classes=0, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -951,6 +954,9 @@ class Detector(keras.Model):
         if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
+        if not isinstance(roi_crop_classes, int) or roi_crop_classes < 0:
+            raise ValueError(f"`roi_crop_classes` must be an int >= 0 (0: the head's classes "
+                             f"only); got {roi_crop_classes!r}.")
         if not 0.0 <= roi_crop_weight <= 1.0:
             raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
@@ -974,7 +980,8 @@ class Detector(keras.Model):
             denoising_groups=int(denoising_groups), roi_crop_size=roi_crop_size,
             roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
             roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views,
-            roi_crop_context=None if roi_crop_context is None else float(roi_crop_context))
+            roi_crop_context=None if roi_crop_context is None else float(roi_crop_context),
+            roi_crop_classes=roi_crop_classes)
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -1056,6 +1063,34 @@ class Detector(keras.Model):
             data = keras.utils.pack_x_y_sample_weight((x, y), y, sample_weight)
         return super().train_step(data)
 
+    def set_inference_options(self, roi_crop_weight=None, roi_crop_classes=None,
+                              roi_crop_flip=None):
+        """Changes how `detect` uses the crop classifier, not the weights (None: keep).
+
+        These options act at inference only, so they can be chosen on a validation split
+        after training (`python -m apps.detection.evaluate --roi_crop_classes 2 ...`) and
+        are saved with the model (`get_config`), so an export serves them.
+
+        Raises:
+            ValueError: for an option out of range, or any option on a detector without a
+                crop classifier.
+        """
+        options = {k: v for k, v in dict(roi_crop_weight=roi_crop_weight,
+                                         roi_crop_classes=roi_crop_classes,
+                                         roi_crop_flip=roi_crop_flip).items() if v is not None}
+        if options and self.crop_classifier is None:
+            raise ValueError(f"{', '.join(options)}: this detector has no crop classifier "
+                             "(trained with roi_crop_size=0).")
+        if "roi_crop_weight" in options and not 0.0 <= options["roi_crop_weight"] <= 1.0:
+            raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
+        if "roi_crop_classes" in options and (not isinstance(roi_crop_classes, int)
+                                              or roi_crop_classes < 0):
+            raise ValueError(f"`roi_crop_classes` must be an int >= 0; got {roi_crop_classes!r}.")
+        self.hparams.update(
+            {k: (float(v) if k == "roi_crop_weight" else bool(v) if k == "roi_crop_flip" else v)
+             for k, v in options.items()})
+        return self
+
     def classify_boxes(self, images, boxes, image_index, training=False, flip=False):
         """Crop classifier logits `(n, K)` of normalised xyxy `boxes` `(n, 4)` in
         `images[image_index]` (`images` `(B, S, S, 3)` 0..255); needs `roi_crop_size`.
@@ -1133,7 +1168,8 @@ class Detector(keras.Model):
             detections,
             lambda boxes, index: ops.softmax(self.classify_boxes(
                 images, boxes, index, flip=self.hparams["roi_crop_flip"])),
-            crop_weight=self.hparams["roi_crop_weight"], score_threshold=threshold)
+            crop_weight=self.hparams["roi_crop_weight"], score_threshold=threshold,
+            crop_classes=self.hparams["roi_crop_classes"])
 
     def attention_maps(self, images):
         """Attention to draw (inference mode).

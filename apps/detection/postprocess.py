@@ -185,7 +185,8 @@ def postprocess_dense(outputs, image_size, strides=(8, 16, 32), max_detections=1
                          tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections)
 
 
-def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0.0):
+def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0.0,
+                       crop_classes=0, iou_threshold=0.6):
     """Detections rescored by a second-stage classifier of their crops, re-sorted.
 
     Each detection (box b, class c, score s) gets s^(1 - w) * p(c | crop of b)^w, the
@@ -194,6 +195,14 @@ def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0
     all of them, so the crop's opinion decides their order (Faster R-CNN's split of
     localisation and classification, applied as a rescoring).
 
+    With `crop_classes` = k > 0 each detection also proposes its box for the crop
+    classifier's k most probable classes, scored s^(1 - w) * p(c' | crop of b)^w: the
+    head's score stands for "an object is here", the crop says which. The candidates then
+    go through per-class NMS (`iou_threshold`), so a class the head also found at nearly
+    the same box is kept once, at the better score. This gives a look-alike class the
+    head missed a (lower-ranked) detection instead of none, as Faster R-CNN's second stage
+    scores every RoI for every class.
+
     Args:
         detections: the contract's detection dict (`postprocess_dense` /
             `postprocess_detr`).
@@ -201,6 +210,8 @@ def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0
             [n, K]`, called once on the valid detections of the whole batch.
         crop_weight: w in [0, 1]; 0 keeps the head's scores.
         score_threshold: rescored detections need a score above this.
+        crop_classes: k >= 0, the crop classifier's top classes each detection adds.
+        iou_threshold: with `crop_classes` > 0, the per-class NMS overlap.
 
     Returns:
         The contract's detection dict, scores descending.
@@ -209,10 +220,31 @@ def rescore_with_crops(detections, classify, crop_weight=0.25, score_threshold=0
     max_detections = scores.shape[1] if scores.shape[1] is not None else tf.shape(scores)[1]
     valid = tf.sequence_mask(detections["num_detections"], tf.shape(scores)[1])
     where = tf.where(valid)  # [n, 2] (image, row)
-    probs = classify(tf.gather_nd(detections["boxes"], where), tf.cast(where[:, 0], tf.int32))
-    p = tf.gather(tf.cast(probs, tf.float32), tf.gather_nd(detections["classes"], where),
-                  batch_dims=1)  # [n]
+    probs = tf.cast(classify(tf.gather_nd(detections["boxes"], where),
+                             tf.cast(where[:, 0], tf.int32)), tf.float32)  # [n, K]
+    own = tf.gather_nd(detections["classes"], where)  # [n]
     old = tf.gather_nd(scores, where)
+    if crop_classes:
+        num_classes = probs.shape[-1]
+        if num_classes is None:
+            raise ValueError("`classify` must return a static number of classes for "
+                             f"`crop_classes` > 0; got shape {probs.shape}.")
+        k = min(int(crop_classes), num_classes)
+        top = tf.math.top_k(probs, k=k).indices  # [n, k]
+        keep = tf.reduce_max(tf.one_hot(top, num_classes), axis=1) + tf.one_hot(own, num_classes)
+        candidates = tf.where(keep > 0, tf.pow(old, 1.0 - crop_weight)[:, None]
+                              * tf.pow(probs, crop_weight), 0.0)  # [n, K]
+        shape = tf.concat([tf.shape(scores, out_type=tf.int64), [num_classes]], axis=0)
+        candidate_scores = tf.scatter_nd(where, candidates, shape)  # [B, D, K]; padding 0
+        # combined NMS keeps scores strictly above its threshold: the zeros never pass.
+        nms = tf.image.combined_non_max_suppression(
+            detections["boxes"][:, :, None, :], candidate_scores,
+            max_output_size_per_class=max_detections, max_total_size=max_detections,
+            iou_threshold=float(iou_threshold), score_threshold=max(float(score_threshold), 0.0),
+            pad_per_class=False, clip_boxes=False)
+        return _zero_padding(nms.nmsed_boxes, nms.nmsed_scores,
+                             tf.cast(nms.nmsed_classes, tf.int32), nms.valid_detections)
+    p = tf.gather(probs, own, batch_dims=1)  # [n]
     new = tf.pow(old, 1.0 - crop_weight) * tf.pow(p, crop_weight)
     rescored = tf.scatter_nd(where, new, tf.shape(scores, out_type=tf.int64))
     rescored, order = tf.math.top_k(rescored, k=max_detections)

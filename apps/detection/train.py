@@ -33,8 +33,11 @@ from tfattn import training
 NO_DECAY = ["bias", "gamma", "beta", "embeddings", "query", "reference"]
 
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
+# The crop classifier's inference options (`Detector.set_inference_options`) leave training as
+# it is, so they may change on resumption too.
 RESUME_MAY_CHANGE = (*training.AppConfig.RESUME_MAY_CHANGE, "sample_images",
-                     "image_every_epochs", "early_stopping_patience", "score_threshold")
+                     "image_every_epochs", "early_stopping_patience", "score_threshold",
+                     "roi_crop_classes", "roi_crop_flip")
 
 
 def load_data(cfg):
@@ -174,26 +177,36 @@ def run(cfg):
         "global_batch_size": global_batch,
     }
     if chief:
-        for name in (cfg.val_split, cfg.test_split):
-            if name not in data.splits:
-                continue
-            metrics, per_label, _, results = evaluate_split(
-                model, data.split(name), data.class_names, cfg.image_size, data.category_ids,
-                cfg.batch_size, cfg.max_detections, cfg.score_threshold)
-            write_evaluation(os.path.join(workdir, "evaluation", name), metrics, per_label,
-                             data.class_names, results)
-            summary[name] = {k: v for k, v in metrics.items() if k != "confusion"}  # csv
-            print(f"{name}: {len(data.split(name))} images\n"
-                  f"{format_table(metrics, class_names=data.class_names)}")
-        model.save(os.path.join(workdir, "model.keras"))
-        export_dir = os.path.join(workdir, "export")
-        version = cfg.export_version or training.next_version(export_dir, cfg.export_name)
-        report = export_detector(model, export_dir, cfg.export_name, version, meta,
-                                 overwrite=cfg.overwrite,
-                                 verify_images=[val.load_image(i) for i in range(min(2, len(val)))],
-                                 score_threshold=cfg.score_threshold)
-        summary["saved_model"] = report["path"]
-        training.write_json(os.path.join(workdir, "summary.json"), summary)
+        evaluate_and_export(cfg, model, data, meta, summary)
+    return summary
+
+
+def evaluate_and_export(cfg, model, data, meta, summary):
+    """The chief's end of a run: pycocotools on the validation and test splits (under
+    `<workdir>/evaluation/`), model.keras, the SavedModel export and summary.json.
+    Updates `summary` with the metrics and the export's path."""
+    workdir = cfg.workdir
+    for name in (cfg.val_split, cfg.test_split):
+        if name not in data.splits:
+            continue
+        metrics, per_label, _, results = evaluate_split(
+            model, data.split(name), data.class_names, cfg.image_size, data.category_ids,
+            cfg.batch_size, cfg.max_detections, cfg.score_threshold)
+        write_evaluation(os.path.join(workdir, "evaluation", name), metrics, per_label,
+                         data.class_names, results)
+        summary[name] = {k: v for k, v in metrics.items() if k != "confusion"}  # csv
+        print(f"{name}: {len(data.split(name))} images\n"
+              f"{format_table(metrics, class_names=data.class_names)}")
+    model.save(os.path.join(workdir, "model.keras"))
+    export_dir = os.path.join(workdir, "export")
+    version = cfg.export_version or training.next_version(export_dir, cfg.export_name)
+    val = data.split(cfg.val_split)
+    report = export_detector(model, export_dir, cfg.export_name, version, meta,
+                             overwrite=cfg.overwrite,
+                             verify_images=[val.load_image(i) for i in range(min(2, len(val)))],
+                             score_threshold=cfg.score_threshold)
+    summary["saved_model"] = report["path"]
+    training.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
 
 

@@ -511,3 +511,53 @@ def test_crop_classifier_square_context(tmp_path):
                                got["scores"], atol=1e-5)
     with pytest.raises(ValueError, match="roi_crop_context"):
         _build("dense", roi_crop_size=16, roi_crop_context=-0.1)
+
+
+def test_crop_classifier_classes_add_detections(tmp_path):
+    # roi_crop_classes=k: detect() also gives each detected box the crop classifier's k
+    # likeliest classes; it survives a .keras round trip and traces with an unknown batch.
+    images, _ = _scenes(3)
+    plain = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16))
+    # The head sees only class 0 (its other classes' biases far below the threshold); the
+    # untrained crop classifier spreads its probability over all three.
+    bias = plain.detection_head.class_output.bias
+    bias.assign([2.0, -20.0, -20.0])
+    model = _build("dense", seed=3, roi_crop_size=16, roi_crop_widths=(8, 16),
+                   roi_crop_classes=2)
+    model.set_weights(plain.get_weights())
+    threshold = 0.2
+    few = plain.detect(images, max_detections=300, score_threshold=threshold)
+    many = model.detect(images, max_detections=300, score_threshold=threshold)
+    assert np.all(few["num_detections"] > 0) and np.all(few["num_detections"] < 100)
+    n = few["num_detections"].numpy()
+    assert all(set(few["classes"][i, :n[i]].numpy()) == {0} for i in range(3))
+    m = many["num_detections"].numpy()
+    assert all(len(set(many["classes"][i, :m[i]].numpy())) > 1 for i in range(3))
+    # The class-0 detections are the plain model's (same boxes and scores).
+    for i in range(3):
+        zero = many["classes"][i, :m[i]].numpy() == 0
+        np.testing.assert_allclose(np.sort(many["scores"][i, :m[i]].numpy()[zero]),
+                                   np.sort(few["scores"][i, :n[i]].numpy()), rtol=1e-5)
+    fn = tf.function(lambda x: model.detect(x, max_detections=300, score_threshold=threshold),
+                     input_signature=[tf.TensorSpec((None, S, S, 3), tf.float32)])
+    traced = fn(tf.constant(images))
+    for key in many:
+        np.testing.assert_allclose(traced[key], many[key], atol=1e-5, err_msg=key)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert restored.hparams["roi_crop_classes"] == 2
+    np.testing.assert_allclose(restored.detect(images, max_detections=300,
+                                               score_threshold=threshold)["scores"],
+                               many["scores"], atol=1e-5)
+    with pytest.raises(ValueError, match="roi_crop_classes"):
+        _build("dense", roi_crop_size=16, roi_crop_classes=-1)
+    # The same options set after training (they act at inference only).
+    plain.set_inference_options(roi_crop_classes=2)
+    again = plain.detect(images, max_detections=300, score_threshold=threshold)
+    for key in many:
+        np.testing.assert_allclose(again[key], many[key], atol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="roi_crop_weight"):
+        plain.set_inference_options(roi_crop_weight=1.5)
+    with pytest.raises(ValueError, match="no crop classifier"):
+        _build("dense").set_inference_options(roi_crop_classes=1)

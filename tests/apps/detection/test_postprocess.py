@@ -245,3 +245,58 @@ def test_rescore_weight_zero_keeps_the_head_scores():
     got = P.rescore_with_crops(detections, lambda b, i: tf.fill([tf.shape(b)[0], 2], 0.5), 0.0)
     np.testing.assert_allclose(got["scores"], scores)
     np.testing.assert_array_equal(got["num_detections"], [2])
+
+
+def test_rescore_crop_classes_adds_the_crops_classes_then_per_class_nms():
+    # Image 0: box A (head: class 0, 0.8) whose crop says class 2; box B (class 1, 0.6)
+    # far from A, crop agrees. Image 1: box C (class 2, 0.5) and C2, nearly the same box
+    # (IoU > 0.6), that the head called class 3 at 0.4; both crops say class 3.
+    A, B_, C, C2 = [0, 0, .4, .4], [.6, .6, 1, 1], [.1, .1, .5, .5], [.11, .1, .5, .51]
+    boxes = np.array([[A, B_, [0] * 4], [C, C2, [0] * 4]], "float32")
+    scores = np.array([[0.8, 0.6, 0], [0.5, 0.4, 0]], "float32")
+    classes = np.array([[0, 1, 0], [2, 3, 0]], "int32")
+    keys = np.array([A, B_, C, C2], "float32")
+    table = np.array([[.3, 0, .6, .1], [0, .9, .05, .05], [0, 0, .2, .8], [0, 0, .3, .7]],
+                     "float32")
+
+    def lookup(crop_boxes):  # each box's probabilities, found by the box
+        return table[[int(np.argmin(np.abs(keys - b).sum(-1))) for b in crop_boxes]]
+
+    def classify(crop_boxes, image_index):
+        return tf.constant(lookup(crop_boxes.numpy()))
+
+    detections = {"boxes": tf.constant(boxes), "scores": tf.constant(scores),
+                  "classes": tf.constant(classes), "num_detections": tf.constant([2, 2])}
+    w = 0.5
+    plain = P.rescore_with_crops(detections, classify, w, 0.05)
+    got = {k: v.numpy() for k, v in
+           P.rescore_with_crops(detections, classify, w, 0.05, crop_classes=1).items()}
+
+    def s(score, p):
+        return score ** (1 - w) * p ** w
+
+    # Image 0: the head's (A, 0) and (B, 1) as without crop classes, plus (A, 2).
+    want0 = sorted([(s(.8, .6), 2, A), (s(.6, .9), 1, B_), (s(.8, .3), 0, A)], reverse=True)
+    assert got["num_detections"][0] == 3
+    np.testing.assert_allclose(got["scores"][0], [x[0] for x in want0], rtol=1e-5)
+    np.testing.assert_array_equal(got["classes"][0], [x[1] for x in want0])
+    np.testing.assert_allclose(got["boxes"][0], [x[2] for x in want0], atol=1e-6)
+    # Image 1: (C, 3) from C's crop outranks the head's own (C2, 3), which NMS removes.
+    want1 = sorted([(s(.5, .8), 3, C), (s(.5, .2), 2, C)], reverse=True)
+    assert got["num_detections"][1] == 2
+    np.testing.assert_allclose(got["scores"][1, :2], [x[0] for x in want1], rtol=1e-5)
+    np.testing.assert_array_equal(got["classes"][1, :2], [x[1] for x in want1])
+    assert not got["scores"][1, 2:].any() and not got["boxes"][1, 2:].any()
+    # Without crop classes nothing is added: the head's classes only.
+    np.testing.assert_array_equal(np.sort(plain["classes"].numpy()[0, :2]), [0, 1])
+    # Traced with an unknown batch size (the serving signature), the same detections.
+    fn = tf.function(lambda b, sc, c, n: P.rescore_with_crops(
+        {"boxes": b, "scores": sc, "classes": c, "num_detections": n},
+        lambda bx, i: tf.ensure_shape(tf.numpy_function(lookup, [bx], tf.float32,
+                                                        stateful=False), [None, 4]),
+        w, 0.05, crop_classes=1),
+        input_signature=[tf.TensorSpec((None, 3, 4)), tf.TensorSpec((None, 3)),
+                         tf.TensorSpec((None, 3), tf.int32), tf.TensorSpec((None,), tf.int32)])
+    traced = fn(*(detections[k] for k in ("boxes", "scores", "classes", "num_detections")))
+    for key in got:
+        np.testing.assert_allclose(traced[key], got[key], rtol=1e-5, err_msg=key)
