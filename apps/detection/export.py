@@ -34,6 +34,7 @@ import tensorflow as tf
 from apps.detection.pipeline import decode_image, letterbox_tf
 from apps.detection.postprocess import DEFAULT_SCORE_THRESHOLD
 from tfattn import training
+from tfattn.training.config import parse_value
 
 META_FILE = "detection_meta.json"
 
@@ -182,14 +183,6 @@ def export_detector(detector, export_dir, name, version, meta, overwrite=False,
     return report
 
 
-def _flag_bool(text):
-    if text.strip().lower() in ("true", "1", "yes"):
-        return True
-    if text.strip().lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
-
-
 def add_inference_args(parser):
     """The crop classifier's inference options (`Detector.set_inference_options`) as flags."""
     group = parser.add_argument_group("crop classifier at inference (default: the run's)")
@@ -197,7 +190,7 @@ def add_inference_args(parser):
                        help="weight w of the crop's class probability in score^(1-w) * p^w")
     group.add_argument("--roi_crop_classes", type=int, default=None,
                        help="also give each box the crop classifier's k likeliest classes (0: off)")
-    group.add_argument("--roi_crop_flip", type=_flag_bool, default=None,
+    group.add_argument("--roi_crop_flip", type=lambda text: parse_value("roi_crop_flip", bool, text), default=None,
                        help="average each crop's logits with its mirror image's (true/false)")
 
 

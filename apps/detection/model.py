@@ -136,6 +136,16 @@ MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes")
 
 
+def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None):
+    """Raises ValueError for a crop-rescoring weight or class count out of range (None: unset)."""
+    if roi_crop_weight is not None and not 0.0 <= roi_crop_weight <= 1.0:
+        raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
+    if roi_crop_classes is not None and (not isinstance(roi_crop_classes, int)
+                                         or roi_crop_classes < 0):
+        raise ValueError(f"`roi_crop_classes` must be an int >= 0 (0: the head's classes "
+                         f"only); got {roi_crop_classes!r}.")
+
+
 def _upsample2x(x):
     """Nearest-neighbour x2 upsampling (B, h, w, C) -> (B, 2h, 2w, C)."""
     return ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
@@ -954,11 +964,7 @@ class Detector(keras.Model):
         if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
-        if not isinstance(roi_crop_classes, int) or roi_crop_classes < 0:
-            raise ValueError(f"`roi_crop_classes` must be an int >= 0 (0: the head's classes "
-                             f"only); got {roi_crop_classes!r}.")
-        if not 0.0 <= roi_crop_weight <= 1.0:
-            raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
+        _check_inference_options(roi_crop_weight, roi_crop_classes)
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
             raise ValueError(f"`prior_probability` must be in (0, 1) or None; got "
                              f"{prior_probability!r}.")
@@ -1081,11 +1087,7 @@ class Detector(keras.Model):
         if options and self.crop_classifier is None:
             raise ValueError(f"{', '.join(options)}: this detector has no crop classifier "
                              "(trained with roi_crop_size=0).")
-        if "roi_crop_weight" in options and not 0.0 <= options["roi_crop_weight"] <= 1.0:
-            raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
-        if "roi_crop_classes" in options and (not isinstance(roi_crop_classes, int)
-                                              or roi_crop_classes < 0):
-            raise ValueError(f"`roi_crop_classes` must be an int >= 0; got {roi_crop_classes!r}.")
+        _check_inference_options(roi_crop_weight, roi_crop_classes)
         self.hparams.update(
             {k: (float(v) if k == "roi_crop_weight" else bool(v) if k == "roi_crop_flip" else v)
              for k, v in options.items()})
