@@ -92,7 +92,7 @@ DATASET = os.path.join("data", "detection", "fashion_scenes")
 HEADS = {"dense": "scenes", "detr": "scenes_detr"}  # model name -> app preset
 # Config fields that act at inference only (`Detector.set_inference_options`): --reuse_runs
 # lets them differ from the run's.
-INFERENCE_FIELDS = ("roi_crop_classes", "roi_crop_flip")
+INFERENCE_FIELDS = ("roi_crop_classes", "roi_crop_flip", "test_time_flip")
 MODELS = (*HEADS, *peers.PEERS)
 PEER_BATCH_SIZE = 16
 # Peak learning rate, warm-up steps, and steps per TimeBudget "epoch" (~30-40 s each).
@@ -176,7 +176,7 @@ def serving_latency(serve, encoded, batch_size, calls, warmup_calls=2):
 
 def reevaluate_run(cfg):
     """The summary of the finished run in `cfg.workdir`, trained under `cfg` (checked:
-    only the crop classifier's inference options may differ), evaluated and exported
+    only the inference options may differ), evaluated and exported
     again with `cfg`'s inference options: a changed preset's inference options measured
     on the same training run, not a new one. The training figures (minutes, epochs,
     images/s) stay the run's."""

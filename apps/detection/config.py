@@ -134,6 +134,10 @@ class Config(AppConfig):
         "k most probable classes (then per-class NMS), not only the head's; inference "
         "only; none: default (0, the head's classes)"
     )
+    test_time_flip: bool | None = config_field(
+        None, "dense: detection averages the head's outputs over each image and its mirror "
+        "image (test-time flip; twice the work at inference); none: default (off)"
+    )
 
     # Loss, decoding
     no_object_weight: float = config_field(0.1, "detr: weight of the no-object class in the CE")

@@ -183,9 +183,15 @@ def export_detector(detector, export_dir, name, version, meta, overwrite=False,
     return report
 
 
+INFERENCE_OPTIONS = ("roi_crop_weight", "roi_crop_classes", "roi_crop_flip", "test_time_flip")
+
+
 def add_inference_args(parser):
-    """The crop classifier's inference options (`Detector.set_inference_options`) as flags."""
-    group = parser.add_argument_group("crop classifier at inference (default: the run's)")
+    """The inference options (`Detector.set_inference_options`) as flags."""
+    group = parser.add_argument_group("inference options (default: the run's)")
+    group.add_argument("--test_time_flip", type=lambda text: parse_value("test_time_flip", bool, text),
+                       default=None, help="dense head: average its outputs over each image "
+                       "and its mirror image (true/false)")
     group.add_argument("--roi_crop_weight", type=float, default=None,
                        help="weight w of the crop's class probability in score^(1-w) * p^w")
     group.add_argument("--roi_crop_classes", type=int, default=None,
@@ -196,8 +202,7 @@ def add_inference_args(parser):
 
 def apply_inference_args(detector, args):
     """Applies `add_inference_args` flags to `detector`; returns the options changed."""
-    options = {k: getattr(args, k) for k in ("roi_crop_weight", "roi_crop_classes",
-                                             "roi_crop_flip") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in INFERENCE_OPTIONS if getattr(args, k) is not None}
     try:
         detector.set_inference_options(**options)
     except ValueError as error:

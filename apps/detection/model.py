@@ -118,7 +118,8 @@ SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
-                  attention_reduction=8, attention_kernel_size=7, **SECOND_STAGE_DEFAULTS),
+                  attention_reduction=8, attention_kernel_size=7, test_time_flip=False,
+                  **SECOND_STAGE_DEFAULTS),
     "detr": dict(hidden_dim=128, num_heads=4, intermediate_dim=256, dropout_rate=0.1,
                  num_queries=32, num_encoder_layers=1, num_decoder_layers=3,
                  memory_stride=16, prior_probability=None, two_stage=False,
@@ -133,7 +134,39 @@ BACKBONE_DEFAULTS = {
 MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
-                 "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes")
+                 "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes",
+                 "test_time_flip")
+
+
+def mirror_dense_outputs(outputs, image_size, strides=STRIDES):
+    """Dense head outputs of left-right mirrored images mapped onto the original points.
+
+    Every level's grid is symmetric (S = n * s), so point (i, j) of a level n points wide
+    sits where point (i, n - 1 - j) of the mirror does; its left and right distances swap.
+
+    Args:
+        outputs: the dense head's dict ("class_logits" (B, N, K), "box_deltas" (B, N, 4)
+            as (l, t, r, b), "centerness" (B, N)) of mirrored images.
+        image_size, strides: the points' layout (`postprocess.dense_points`).
+
+    Returns:
+        The same dict for the unmirrored images' points.
+    """
+    sides = [image_size // s for s in strides]
+    bounds = np.cumsum([n * n for n in sides])[:-1].tolist()
+
+    def mirror(x):
+        if len(x.shape) == 2:  # centerness (B, N)
+            return mirror(x[..., None])[..., 0]
+        parts = ops.split(x, bounds, axis=1) if bounds else [x]
+        return ops.concatenate(
+            [ops.reshape(ops.flip(ops.reshape(part, (-1, n, n, x.shape[-1])), axis=2),
+                         (-1, n * n, x.shape[-1]))
+             for part, n in zip(parts, sides)], axis=1)
+
+    return {"class_logits": mirror(outputs["class_logits"]),
+            "box_deltas": ops.take(mirror(outputs["box_deltas"]), [2, 1, 0, 3], axis=-1),
+            "centerness": mirror(outputs["centerness"])}
 
 
 def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None):
@@ -917,6 +950,10 @@ class Detector(keras.Model):
         roi_crop_classes: k > 0: `detect` also gives each detection's box the crop
             classifier's k most probable classes, then per-class NMS
             (`postprocess.rescore_with_crops`); inference only. 0 = the head's classes.
+        test_time_flip: dense head: `detect` averages the head's outputs (class and
+            centerness logits, log box distances) over each image and its left-right
+            mirror, point by point (`mirror_dense_outputs`), before decoding and NMS;
+            inference only, twice the backbone and head work.
 
     Inputs: images `(B, S, S, 3)` float32, RGB 0..255.
     Outputs: the head's dict (apps/detection's data contract), float32.
@@ -936,7 +973,7 @@ class Detector(keras.Model):
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
                  roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, roi_crop_views=1,
-                 roi_crop_context=None, roi_crop_classes=0, **kwargs):
+                 roi_crop_context=None, roi_crop_classes=0, test_time_flip=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -965,6 +1002,9 @@ class Detector(keras.Model):
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
         _check_inference_options(roi_crop_weight, roi_crop_classes)
+        if test_time_flip and head != "dense":
+            raise ValueError("`test_time_flip` averages the dense head's outputs over each "
+                             f"image and its mirror; the {head} head has no such option.")
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
             raise ValueError(f"`prior_probability` must be in (0, 1) or None; got "
                              f"{prior_probability!r}.")
@@ -987,7 +1027,7 @@ class Detector(keras.Model):
             roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
             roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views,
             roi_crop_context=None if roi_crop_context is None else float(roi_crop_context),
-            roi_crop_classes=roi_crop_classes)
+            roi_crop_classes=roi_crop_classes, test_time_flip=bool(test_time_flip))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -1070,28 +1110,42 @@ class Detector(keras.Model):
         return super().train_step(data)
 
     def set_inference_options(self, roi_crop_weight=None, roi_crop_classes=None,
-                              roi_crop_flip=None):
-        """Changes how `detect` uses the crop classifier, not the weights (None: keep).
+                              roi_crop_flip=None, test_time_flip=None):
+        """Changes how `detect` works, not the weights (None: keep).
 
         These options act at inference only, so they can be chosen on a validation split
         after training (`python -m apps.detection.evaluate --roi_crop_classes 2 ...`) and
         are saved with the model (`get_config`), so an export serves them.
 
         Raises:
-            ValueError: for an option out of range, or any option on a detector without a
-                crop classifier.
+            ValueError: for an option out of range, a crop classifier option on a detector
+                without one, or `test_time_flip` on the DETR head.
         """
-        options = {k: v for k, v in dict(roi_crop_weight=roi_crop_weight,
-                                         roi_crop_classes=roi_crop_classes,
-                                         roi_crop_flip=roi_crop_flip).items() if v is not None}
-        if options and self.crop_classifier is None:
-            raise ValueError(f"{', '.join(options)}: this detector has no crop classifier "
+        crop = {k: v for k, v in dict(roi_crop_weight=roi_crop_weight,
+                                      roi_crop_classes=roi_crop_classes,
+                                      roi_crop_flip=roi_crop_flip).items() if v is not None}
+        if crop and self.crop_classifier is None:
+            raise ValueError(f"{', '.join(crop)}: this detector has no crop classifier "
                              "(trained with roi_crop_size=0).")
+        if test_time_flip and self.head != "dense":
+            raise ValueError("test_time_flip averages the dense head's outputs over each "
+                             f"image and its mirror; this detector has the {self.head} head.")
         _check_inference_options(roi_crop_weight, roi_crop_classes)
         self.hparams.update(
             {k: (float(v) if k == "roi_crop_weight" else bool(v) if k == "roi_crop_flip" else v)
-             for k, v in options.items()})
+             for k, v in crop.items()})
+        if test_time_flip is not None:
+            self.hparams["test_time_flip"] = bool(test_time_flip)
         return self
+
+    def _flip_averaged_outputs(self, images):
+        """Dense head outputs averaged over `images` and their mirrors (`test_time_flip`)."""
+        images = ops.convert_to_tensor(images)
+        both = self(ops.concatenate([images, ops.flip(images, axis=2)], axis=0), training=False)
+        batch = ops.shape(images)[0]
+        mirrored = mirror_dense_outputs({k: v[batch:] for k, v in both.items()},
+                                        self.image_size, self.strides)
+        return {k: 0.5 * (both[k][:batch] + mirrored[k]) for k in mirrored}
 
     def classify_boxes(self, images, boxes, image_index, training=False, flip=False):
         """Crop classifier logits `(n, K)` of normalised xyxy `boxes` `(n, 4)` in
@@ -1155,7 +1209,10 @@ class Detector(keras.Model):
         """
         from apps.detection import postprocess
 
-        outputs = self(images, training=False)
+        if self.hparams["test_time_flip"]:
+            outputs = self._flip_averaged_outputs(images)
+        else:
+            outputs = self(images, training=False)
         kwargs = {} if score_threshold is None else {"score_threshold": score_threshold}
         if self.head == "detr":
             detections = postprocess.postprocess_detr(outputs, max_detections, **kwargs)

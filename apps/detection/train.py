@@ -33,11 +33,11 @@ from tfattn import training
 NO_DECAY = ["bias", "gamma", "beta", "embeddings", "query", "reference"]
 
 # Fields that may differ when a killed run is resumed from <workdir>/backup.
-# The crop classifier's inference options (`Detector.set_inference_options`) leave training as
-# it is, so they may change on resumption too.
+# The inference options (`Detector.set_inference_options`) leave training as it is, so they
+# may change on resumption too.
 RESUME_MAY_CHANGE = (*training.AppConfig.RESUME_MAY_CHANGE, "sample_images",
                      "image_every_epochs", "early_stopping_patience", "score_threshold",
-                     "roi_crop_classes", "roi_crop_flip")
+                     "roi_crop_classes", "roi_crop_flip", "test_time_flip")
 
 
 def load_data(cfg):

@@ -12,7 +12,7 @@ from scipy.stats import qmc
 
 from apps.detection import box_ops
 from apps.detection import model as det
-from apps.detection.postprocess import dense_points
+from apps.detection.postprocess import decode_boxes, dense_points
 from tfattn.layers import SinePositionEncoding2D
 
 S, K = 64, 3
@@ -561,3 +561,66 @@ def test_crop_classifier_classes_add_detections(tmp_path):
         plain.set_inference_options(roi_crop_weight=1.5)
     with pytest.raises(ValueError, match="no crop classifier"):
         _build("dense").set_inference_options(roi_crop_classes=1)
+
+
+def test_mirror_dense_outputs_moves_every_point_to_its_mirror():
+    # Reference from the points' coordinates: the output at point p of a mirrored image
+    # belongs to the point q at (1 - x_p, y_p) on the same level, and the box it decodes
+    # to is q's box mirrored.
+    rng = np.random.default_rng(0)
+    points, point_strides = (t.numpy() for t in dense_points(S, det.STRIDES))
+    n = len(points)
+    outputs = {"class_logits": rng.normal(size=(2, n, K)).astype("float32"),
+               "box_deltas": rng.normal(size=(2, n, 4)).astype("float32"),
+               "centerness": rng.normal(size=(2, n)).astype("float32")}
+    got = {k: np.asarray(v) for k, v in det.mirror_dense_outputs(outputs, S, det.STRIDES).items()}
+    mirror_of = [np.flatnonzero((point_strides == s) & np.isclose(points[:, 0], 1 - x)
+                                & np.isclose(points[:, 1], y)).item()
+                 for (x, y), s in zip(points, point_strides)]
+    assert mirror_of != list(range(n))
+    np.testing.assert_array_equal(got["class_logits"], outputs["class_logits"][:, mirror_of])
+    np.testing.assert_array_equal(got["centerness"], outputs["centerness"][:, mirror_of])
+    boxes = decode_boxes(outputs["box_deltas"], S, det.STRIDES).numpy()[:, mirror_of]
+    np.testing.assert_allclose(decode_boxes(got["box_deltas"], S, det.STRIDES),
+                               np.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0],
+                                         boxes[..., 3]], -1), atol=1e-6)
+
+
+def test_test_time_flip_makes_detection_mirror_equivariant(tmp_path):
+    # With test_time_flip an image and its mirror get the same detections, mirrored (the
+    # head's outputs are averaged over both views); without it they do not. The option
+    # can be set after training, survives a .keras round trip and traces with an unknown
+    # batch; the DETR head refuses it.
+    images, _ = _scenes(3)
+    mirror_images = np.ascontiguousarray(images[:, :, ::-1])
+    model = _build("dense", seed=5, prior_probability=0.3, test_time_flip=True)
+    plain = _build("dense", seed=5, prior_probability=0.3)
+
+    def mirrored(result):
+        b = np.asarray(result["boxes"])
+        return np.stack([1 - b[..., 2], b[..., 1], 1 - b[..., 0], b[..., 3]], -1)
+
+    got, flip = (model.detect(x, max_detections=10) for x in (images, mirror_images))
+    assert int(np.min(got["num_detections"])) > 0
+    np.testing.assert_allclose(flip["scores"], got["scores"], atol=1e-5)
+    np.testing.assert_array_equal(flip["classes"], got["classes"])
+    np.testing.assert_allclose(mirrored(flip), got["boxes"], atol=1e-5)
+    without, flip_without = (plain.detect(x, max_detections=10) for x in (images, mirror_images))
+    assert not np.allclose(flip_without["scores"], without["scores"], atol=1e-4, rtol=0)
+
+    plain.set_inference_options(test_time_flip=True)
+    fn = tf.function(lambda x: plain.detect(x, max_detections=10),
+                     input_signature=[tf.TensorSpec((None, S, S, 3), tf.float32)])
+    for result in (plain.detect(images, max_detections=10), fn(tf.constant(images))):
+        for key in got:
+            np.testing.assert_allclose(result[key], got[key], atol=1e-5, err_msg=key)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert restored.hparams["test_time_flip"]
+    np.testing.assert_allclose(restored.detect(images, max_detections=10)["scores"],
+                               got["scores"], atol=1e-5)
+    with pytest.raises(ValueError, match="test_time_flip"):
+        _build("detr").set_inference_options(test_time_flip=True)
+    with pytest.raises(ValueError, match="test_time_flip"):
+        _build("detr", test_time_flip=True)

@@ -148,15 +148,16 @@ def test_predict_evaluate_and_export_clis(run, e2e_scenes, tmp_path):
     assert metrics["agnostic_map"] == pytest.approx(summary["val"]["agnostic_map"], abs=1e-6)
     assert "class-agnostic: AP" in proc.stdout and "objects given their own class" in proc.stdout
     assert (tmp_path / "ev" / "confusion.csv").exists()
-    # The crop classifier's inference options, chosen after training (dense: it has one).
+    # Inference options, chosen after training (dense: it has a crop classifier).
     proc = subprocess.run(
         [sys.executable, "-m", "apps.detection.evaluate", "--workdir", cfg.workdir,
          "--split", "val", "--out", str(tmp_path / "ev2"), "--roi_crop_classes", "2",
-         "--roi_crop_weight", "0.5"], capture_output=True, text=True, env=env, cwd=REPO,
-        timeout=300)
+         "--roi_crop_weight", "0.5", "--test_time_flip", "true"], capture_output=True,
+        text=True, env=env, cwd=REPO, timeout=300)
     if cfg.head == "dense":
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "--roi_crop_classes 2" in proc.stdout and "--roi_crop_weight 0.5" in proc.stdout
+        assert "--test_time_flip True" in proc.stdout
         assert (tmp_path / "ev2" / "metrics.json").exists()
     else:
         assert proc.returncode != 0 and "no crop classifier" in proc.stderr, proc.stderr[-3000:]
@@ -192,6 +193,11 @@ def test_config_model_widths(tmp_path):
         Config(**base, backbone_widths=(8, 16, 32))
     with pytest.raises(ValueError, match=r"--head detr on --backbone cnn has no --num_convs"):
         Config(**dict(base, head="detr"), num_convs=2)
+    with pytest.raises(ValueError, match=r"--head detr on --backbone cnn has no --test_time_flip"):
+        Config(**dict(base, head="detr"), test_time_flip=True)
+    cfg = Config(**base, test_time_flip=True)
+    assert build_detector(cfg.head, cfg.backbone, 3, cfg.image_size,
+                          **cfg.model_hparams()).hparams["test_time_flip"]
 
 
 def test_config_roi_crop_size(tmp_path):
