@@ -183,8 +183,10 @@ def reevaluate_run(cfg):
     from apps.detection.export import load_run
 
     stored, model, meta = load_run(cfg.workdir)
+    # Where the run lies is not a training setting: a run moved or linked into
+    # --workdir_root is the same run.
     changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
-                     if k not in INFERENCE_FIELDS and json.loads(json.dumps(v)) !=
+                     if k not in (*INFERENCE_FIELDS, "workdir") and json.loads(json.dumps(v)) !=
                      json.loads(json.dumps(getattr(stored, k))))
     if changed:
         raise ValueError(f"--reuse_runs: {cfg.workdir} was trained with other settings "

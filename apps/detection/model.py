@@ -83,6 +83,7 @@ Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection"; Lin et
 Transformer Backbones for Object Detection" (ViTDet); Woo et al. 2018, "CBAM".
 """
 
+import contextlib
 import math
 
 import keras
@@ -1137,6 +1138,18 @@ class Detector(keras.Model):
         if test_time_flip is not None:
             self.hparams["test_time_flip"] = bool(test_time_flip)
         return self
+
+    @contextlib.contextmanager
+    def without_test_time_flips(self):
+        """Inside the block `detect` runs without `test_time_flip` and `roi_crop_flip`
+        (training's per-epoch validation score: the flips would double its cost inside
+        the time budget); the options are restored on exit."""
+        saved = {k: self.hparams[k] for k in ("test_time_flip", "roi_crop_flip")}
+        self.hparams.update({"test_time_flip": False, "roi_crop_flip": False})
+        try:
+            yield self
+        finally:
+            self.hparams.update(saved)
 
     def _flip_averaged_outputs(self, images):
         """Dense head outputs averaged over `images` and their mirrors (`test_time_flip`)."""

@@ -6,6 +6,8 @@ ground-truth (dashed) vs predicted boxes on fixed validation images, DETR's per-
 cross-attention over the feature grid, and the dense head's CBAM spatial attention.
 """
 
+import contextlib
+
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,7 +20,8 @@ COLORS = plt.get_cmap("tab10").colors
 class MapCallback(keras.callbacks.Callback):
     """Adds `val_map`, `val_ap50`, `val_ap75` to the logs every `every_n_epochs` epochs and
     after the last one; other epochs carry the last values (so a best-checkpoint callback
-    monitoring `val_map` saves only when it improves)."""
+    monitoring `val_map` saves only when it improves). A detector's test-time flips are
+    off for this score (`Detector.without_test_time_flips`)."""
 
     def __init__(self, split, class_names, image_size, every_n_epochs=1, limit=None,
                  batch_size=32, max_detections=100, score_threshold=None):
@@ -37,8 +40,12 @@ class MapCallback(keras.callbacks.Callback):
         last_epoch = self.epochs is not None and epoch + 1 >= self.epochs
         stopping = getattr(self.model, "stop_training", False)
         if (epoch + 1) % self.every_n_epochs == 0 or last_epoch or stopping or epoch == 0:
-            detections = predict_split(self.model, self.split, self.image_size, self.batch_size,
-                                       self.max_detections, self.score_threshold, self.limit)
+            # Test-time flips off: this score ranks epochs, at half the cost inside the budget.
+            flips_off = getattr(self.model, "without_test_time_flips", contextlib.nullcontext)
+            with flips_off():
+                detections = predict_split(self.model, self.split, self.image_size,
+                                           self.batch_size, self.max_detections,
+                                           self.score_threshold, self.limit)
             metrics, _ = coco_map(self.ground_truth, coco_results(detections))
             self.last = {"val_map": metrics["map"], "val_ap50": metrics["ap50"],
                          "val_ap75": metrics["ap75"]}

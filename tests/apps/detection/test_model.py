@@ -590,7 +590,7 @@ def test_test_time_flip_makes_detection_mirror_equivariant(tmp_path):
     # With test_time_flip an image and its mirror get the same detections, mirrored (the
     # head's outputs are averaged over both views); without it they do not. The option
     # can be set after training, survives a .keras round trip and traces with an unknown
-    # batch; the DETR head refuses it.
+    # batch, is off inside `without_test_time_flips`; the DETR head refuses it.
     images, _ = _scenes(3)
     mirror_images = np.ascontiguousarray(images[:, :, ::-1])
     model = _build("dense", seed=5, prior_probability=0.3, test_time_flip=True)
@@ -608,6 +608,10 @@ def test_test_time_flip_makes_detection_mirror_equivariant(tmp_path):
     without, flip_without = (plain.detect(x, max_detections=10) for x in (images, mirror_images))
     assert not np.allclose(flip_without["scores"], without["scores"], atol=1e-4, rtol=0)
 
+    with model.without_test_time_flips():  # training's per-epoch score
+        np.testing.assert_allclose(model.detect(images, max_detections=10)["scores"],
+                                   without["scores"], atol=1e-5)
+    assert model.hparams["test_time_flip"]
     plain.set_inference_options(test_time_flip=True)
     fn = tf.function(lambda x: plain.detect(x, max_detections=10),
                      input_signature=[tf.TensorSpec((None, S, S, 3), tf.float32)])
