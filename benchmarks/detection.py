@@ -79,7 +79,7 @@ from apps.detection.boxes import letterbox_transform  # noqa: E402
 from apps.detection.config import PRESETS, Config  # noqa: E402
 from apps.detection.evaluate import coco_ground_truth, coco_map, coco_results  # noqa: E402
 from apps.detection.export import encode_png  # noqa: E402
-from apps.detection.model import MODEL_HPARAMS  # noqa: E402
+from apps.detection.model import INFERENCE_HPARAMS, MODEL_HPARAMS  # noqa: E402
 from benchmarks import detection_peers as peers  # noqa: E402
 from benchmarks.machine import load_average, machine_info  # noqa: E402
 from tfattn import training  # noqa: E402
@@ -92,7 +92,7 @@ DATASET = os.path.join("data", "detection", "fashion_scenes")
 HEADS = {"dense": "scenes", "detr": "scenes_detr"}  # model name -> app preset
 # Config fields that act at inference only (`Detector.set_inference_options`): --reuse_runs
 # lets them differ from the run's.
-INFERENCE_FIELDS = ("roi_crop_classes", "roi_crop_flip", "test_time_flip")
+INFERENCE_FIELDS = INFERENCE_HPARAMS
 MODELS = (*HEADS, *peers.PEERS)
 PEER_BATCH_SIZE = 16
 # Peak learning rate, warm-up steps, and steps per TimeBudget "epoch" (~30-40 s each).

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from apps.detection.model import INFERENCE_OPTIONS
 from apps.detection.pipeline import decode_image, letterbox_tf
 from apps.detection.postprocess import DEFAULT_SCORE_THRESHOLD
 from tfattn import training
@@ -181,9 +182,6 @@ def export_detector(detector, export_dir, name, version, meta, overwrite=False,
                                    else score_threshold))
     training.write_json(os.path.join(report["path"], META_FILE), meta)
     return report
-
-
-INFERENCE_OPTIONS = ("roi_crop_weight", "roi_crop_classes", "roi_crop_flip", "test_time_flip")
 
 
 def add_inference_args(parser):

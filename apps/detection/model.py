@@ -137,6 +137,10 @@ MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
                  "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes",
                  "test_time_flip")
+# What `Detector.set_inference_options` changes after training (no retraining needed), and
+# those of them that are training-config fields (a resumed or re-scored run may change them).
+INFERENCE_OPTIONS = ("roi_crop_weight", "roi_crop_classes", "roi_crop_flip", "test_time_flip")
+INFERENCE_HPARAMS = tuple(k for k in INFERENCE_OPTIONS if k in MODEL_HPARAMS)
 
 
 def mirror_dense_outputs(outputs, image_size, strides=STRIDES):
@@ -170,8 +174,13 @@ def mirror_dense_outputs(outputs, image_size, strides=STRIDES):
             "centerness": mirror(outputs["centerness"])}
 
 
-def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None):
-    """Raises ValueError for a crop-rescoring weight or class count out of range (None: unset)."""
+def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None, test_time_flip=None,
+                             head="dense"):
+    """Raises ValueError for a crop-rescoring weight or class count out of range, or a
+    test-time flip on a head other than the dense one (None: unset)."""
+    if test_time_flip and head != "dense":
+        raise ValueError("`test_time_flip` averages the dense head's outputs over each image "
+                         f"and its mirror; the {head} head has no such option.")
     if roi_crop_weight is not None and not 0.0 <= roi_crop_weight <= 1.0:
         raise ValueError(f"`roi_crop_weight` must be in [0, 1]; got {roi_crop_weight!r}.")
     if roi_crop_classes is not None and (not isinstance(roi_crop_classes, int)
@@ -1002,10 +1011,7 @@ class Detector(keras.Model):
         if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
-        _check_inference_options(roi_crop_weight, roi_crop_classes)
-        if test_time_flip and head != "dense":
-            raise ValueError("`test_time_flip` averages the dense head's outputs over each "
-                             f"image and its mirror; the {head} head has no such option.")
+        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, head)
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
             raise ValueError(f"`prior_probability` must be in (0, 1) or None; got "
                              f"{prior_probability!r}.")
@@ -1128,10 +1134,7 @@ class Detector(keras.Model):
         if crop and self.crop_classifier is None:
             raise ValueError(f"{', '.join(crop)}: this detector has no crop classifier "
                              "(trained with roi_crop_size=0).")
-        if test_time_flip and self.head != "dense":
-            raise ValueError("test_time_flip averages the dense head's outputs over each "
-                             f"image and its mirror; this detector has the {self.head} head.")
-        _check_inference_options(roi_crop_weight, roi_crop_classes)
+        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, self.head)
         self.hparams.update(
             {k: (float(v) if k == "roi_crop_weight" else bool(v) if k == "roi_crop_flip" else v)
              for k, v in crop.items()})

@@ -6,8 +6,6 @@ ground-truth (dashed) vs predicted boxes on fixed validation images, DETR's per-
 cross-attention over the feature grid, and the dense head's CBAM spatial attention.
 """
 
-import contextlib
-
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,8 +39,7 @@ class MapCallback(keras.callbacks.Callback):
         stopping = getattr(self.model, "stop_training", False)
         if (epoch + 1) % self.every_n_epochs == 0 or last_epoch or stopping or epoch == 0:
             # Test-time flips off: this score ranks epochs, at half the cost inside the budget.
-            flips_off = getattr(self.model, "without_test_time_flips", contextlib.nullcontext)
-            with flips_off():
+            with self.model.without_test_time_flips():
                 detections = predict_split(self.model, self.split, self.image_size,
                                            self.batch_size, self.max_detections,
                                            self.score_threshold, self.limit)

@@ -27,7 +27,7 @@ from apps.detection.config import PRESETS, Config
 from apps.detection.data import load_detection_data, tile_split
 from apps.detection.evaluate import evaluate_split, format_table, predict_split, write_evaluation
 from apps.detection.export import META_FILE, detection_meta, export_detector
-from apps.detection.model import build_detector
+from apps.detection.model import INFERENCE_HPARAMS, build_detector
 from tfattn import training
 
 NO_DECAY = ["bias", "gamma", "beta", "embeddings", "query", "reference"]
@@ -37,7 +37,7 @@ NO_DECAY = ["bias", "gamma", "beta", "embeddings", "query", "reference"]
 # may change on resumption too.
 RESUME_MAY_CHANGE = (*training.AppConfig.RESUME_MAY_CHANGE, "sample_images",
                      "image_every_epochs", "early_stopping_patience", "score_threshold",
-                     "roi_crop_classes", "roi_crop_flip", "test_time_flip")
+                     *INFERENCE_HPARAMS)
 
 
 def load_data(cfg):
