@@ -18,7 +18,7 @@ import tensorflow as tf
 
 __all__ = [
     "EPSILON", "box_area", "box_iou", "crop_boxes", "cxcywh_to_xyxy", "elementwise_giou",
-    "generalized_box_iou", "xyxy_to_cxcywh",
+    "generalized_box_iou", "scale_boxes", "xyxy_to_cxcywh",
 ]
 
 # Smallest denominator. Normalised boxes of the app have areas >= ~1e-2; 1e-7 only matters
@@ -112,6 +112,15 @@ def square_context_boxes(boxes, context):
     half = 0.5 * (1.0 + 2.0 * context) * tf.maximum(x1 - x0, y1 - y0)
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
     return tf.stack([cx - half, cy - half, cx + half, cy + half], -1)
+
+
+def scale_boxes(boxes, factor):
+    """xyxy `boxes` (n, 4) grown (factor > 1) or shrunk about their centres, each side
+    times `factor`. Coordinates may leave [0, 1] (`crop_boxes` reads zeros there)."""
+    boxes = tf.cast(boxes, tf.float32)
+    centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    half = 0.5 * float(factor) * (boxes[:, 2:] - boxes[:, :2])
+    return tf.concat([centre - half, centre + half], axis=-1)
 
 
 def crop_boxes(images, boxes, box_indices, crop_size):

@@ -26,6 +26,7 @@ from typing import Literal
 from apps.detection.model import (
     BACKBONES,
     CROP_CLASSIFIER_WIDTHS,
+    CROP_SCALE_RANGE,
     HEADS,
     MODEL_HPARAMS,
     hparam_names,
@@ -135,6 +136,11 @@ class Config(AppConfig):
         "k most probable classes (then per-class NMS), not only the head's; inference "
         "only; none: default (0, the head's classes)"
     )
+    roi_crop_scales: tuple[float, ...] | None = config_field(
+        None, "with --roi_crop_size: classify each detection's box also grown/shrunk by these "
+        "factors about its centre and average (test-time augmentation, inference only; "
+        "e.g. 1,1.15); none: default (1, the box itself)"
+    )
     test_time_flip: bool | None = config_field(
         None, "dense: detection averages the head's outputs over each image and its mirror "
         "image (test-time flip; twice the work at inference); none: default (off)"
@@ -209,10 +215,16 @@ class Config(AppConfig):
                                        or self.roi_crop_flip is not None
                                        or self.roi_crop_views is not None
                                        or self.roi_crop_context is not None
-                                       or self.roi_crop_classes is not None):
+                                       or self.roi_crop_classes is not None
+                                       or self.roi_crop_scales is not None):
             raise ValueError("--roi_crop_widths, --roi_crop_flip, --roi_crop_views, "
-                             "--roi_crop_context and --roi_crop_classes configure "
-                             "the crop classifier: add --roi_crop_size N (N > 0).")
+                             "--roi_crop_context, --roi_crop_classes and --roi_crop_scales "
+                             "configure the crop classifier: add --roi_crop_size N (N > 0).")
+        if self.roi_crop_scales is not None:
+            low, high = CROP_SCALE_RANGE
+            if not self.roi_crop_scales or not all(low <= f <= high for f in self.roi_crop_scales):
+                raise ValueError(f"`roi_crop_scales` must be one or more box scale factors in "
+                                 f"[{low}, {high}]; got {self.roi_crop_scales}.")
         if self.roi_crop_widths is not None and (
                 not self.roi_crop_widths or min(self.roi_crop_widths) < 1):
             raise ValueError(f"`roi_crop_widths` must be positive widths (stem, then each "

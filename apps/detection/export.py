@@ -196,6 +196,10 @@ def add_inference_args(parser):
                        help="also give each box the crop classifier's k likeliest classes (0: off)")
     group.add_argument("--roi_crop_flip", type=lambda text: parse_value("roi_crop_flip", bool, text), default=None,
                        help="average each crop's logits with its mirror image's (true/false)")
+    group.add_argument("--roi_crop_scales",
+                       type=lambda text: parse_value("roi_crop_scales", tuple[float, ...], text),
+                       default=None, help="average each crop's logits over its box scaled by "
+                       "these factors about its centre (e.g. 1,1.15; 1: off)")
 
 
 def apply_inference_args(detector, args):

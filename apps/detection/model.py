@@ -115,7 +115,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 CROP_CLASSIFIER_WIDTHS = (24, 48, 96)  # stem, then each stage (`CropClassifier`)
 SECOND_STAGE_DEFAULTS = dict(roi_crop_size=0, roi_crop_weight=0.25,
                              roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False,
-                             roi_crop_views=1, roi_crop_context=None, roi_crop_classes=0)
+                             roi_crop_views=1, roi_crop_context=None, roi_crop_classes=0,
+                             roi_crop_scales=(1.0,))
 # Per-head and per-backbone defaults (CPU sized); `build_detector` merges them.
 DEFAULTS = {
     "dense": dict(hidden_dim=64, num_convs=2, prior_probability=0.01,
@@ -136,10 +137,13 @@ MODEL_HPARAMS = ("hidden_dim", "num_heads", "num_queries", "num_encoder_layers",
                  "num_decoder_layers", "dropout_rate", "two_stage", "denoising_groups",
                  "backbone_widths", "num_convs", "roi_crop_size", "roi_crop_widths",
                  "roi_crop_flip", "roi_crop_views", "roi_crop_context", "roi_crop_classes",
-                 "test_time_flip")
+                 "roi_crop_scales", "test_time_flip")
 # What `Detector.set_inference_options` changes after training (no retraining needed), and
 # those of them that are training-config fields (a resumed or re-scored run may change them).
-INFERENCE_OPTIONS = ("roi_crop_weight", "roi_crop_classes", "roi_crop_flip", "test_time_flip")
+INFERENCE_OPTIONS = ("roi_crop_weight", "roi_crop_classes", "roi_crop_flip", "roi_crop_scales",
+                     "test_time_flip")
+# Box scale factors `roi_crop_scales` may take (a crop 4x its box shows mostly background).
+CROP_SCALE_RANGE = (0.5, 2.0)
 INFERENCE_HPARAMS = tuple(k for k in INFERENCE_OPTIONS if k in MODEL_HPARAMS)
 
 
@@ -175,9 +179,9 @@ def mirror_dense_outputs(outputs, image_size, strides=STRIDES):
 
 
 def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None, test_time_flip=None,
-                             head="dense"):
-    """Raises ValueError for a crop-rescoring weight or class count out of range, or a
-    test-time flip on a head other than the dense one (None: unset)."""
+                             head="dense", roi_crop_scales=None):
+    """Raises ValueError for a crop-rescoring weight, class count or crop scale out of
+    range, or a test-time flip on a head other than the dense one (None: unset)."""
     if test_time_flip and head != "dense":
         raise ValueError("`test_time_flip` averages the dense head's outputs over each image "
                          f"and its mirror; the {head} head has no such option.")
@@ -187,6 +191,13 @@ def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None, test_t
                                          or roi_crop_classes < 0):
         raise ValueError(f"`roi_crop_classes` must be an int >= 0 (0: the head's classes "
                          f"only); got {roi_crop_classes!r}.")
+    if roi_crop_scales is not None:
+        low, high = CROP_SCALE_RANGE
+        if (isinstance(roi_crop_scales, (str, bytes)) or not len(roi_crop_scales)
+                or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                           and low <= f <= high for f in roi_crop_scales)):
+            raise ValueError(f"`roi_crop_scales` must be one or more box scale factors in "
+                             f"[{low}, {high}] (1: the box itself); got {roi_crop_scales!r}.")
 
 
 def _upsample2x(x):
@@ -960,6 +971,10 @@ class Detector(keras.Model):
         roi_crop_classes: k > 0: `detect` also gives each detection's box the crop
             classifier's k most probable classes, then per-class NMS
             (`postprocess.rescore_with_crops`); inference only. 0 = the head's classes.
+        roi_crop_scales: box scale factors: `detect` classifies each detection's box
+            grown or shrunk about its centre by each factor (`box_ops.scale_boxes`) and
+            averages the logits (test-time augmentation, like `roi_crop_flip`, with which
+            it combines: scales x flips views). (1.0,) = the box itself.
         test_time_flip: dense head: `detect` averages the head's outputs (class and
             centerness logits, log box distances) over each image and its left-right
             mirror, point by point (`mirror_dense_outputs`), before decoding and NMS;
@@ -983,7 +998,8 @@ class Detector(keras.Model):
                  attention_kernel_size=7, prior_probability=0.01, no_object_weight=0.1,
                  two_stage=False, denoising_groups=0, roi_crop_size=0, roi_crop_weight=0.25,
                  roi_crop_widths=CROP_CLASSIFIER_WIDTHS, roi_crop_flip=False, roi_crop_views=1,
-                 roi_crop_context=None, roi_crop_classes=0, test_time_flip=False, **kwargs):
+                 roi_crop_context=None, roi_crop_classes=0, roi_crop_scales=(1.0,),
+                 test_time_flip=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}; got {head!r}.")
@@ -1011,7 +1027,8 @@ class Detector(keras.Model):
         if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
-        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, head)
+        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, head,
+                                 roi_crop_scales)
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
             raise ValueError(f"`prior_probability` must be in (0, 1) or None; got "
                              f"{prior_probability!r}.")
@@ -1034,7 +1051,9 @@ class Detector(keras.Model):
             roi_crop_weight=float(roi_crop_weight), roi_crop_widths=roi_crop_widths,
             roi_crop_flip=bool(roi_crop_flip), roi_crop_views=roi_crop_views,
             roi_crop_context=None if roi_crop_context is None else float(roi_crop_context),
-            roi_crop_classes=roi_crop_classes, test_time_flip=bool(test_time_flip))
+            roi_crop_classes=roi_crop_classes,
+            roi_crop_scales=tuple(float(f) for f in roi_crop_scales),
+            test_time_flip=bool(test_time_flip))
 
         # DETR reads one level: the backbone builds only what leads to it.
         levels = (memory_stride,) if head == "detr" else STRIDES
@@ -1117,7 +1136,7 @@ class Detector(keras.Model):
         return super().train_step(data)
 
     def set_inference_options(self, roi_crop_weight=None, roi_crop_classes=None,
-                              roi_crop_flip=None, test_time_flip=None):
+                              roi_crop_flip=None, roi_crop_scales=None, test_time_flip=None):
         """Changes how `detect` works, not the weights (None: keep).
 
         These options act at inference only, so they can be chosen on a validation split
@@ -1130,25 +1149,28 @@ class Detector(keras.Model):
         """
         crop = {k: v for k, v in dict(roi_crop_weight=roi_crop_weight,
                                       roi_crop_classes=roi_crop_classes,
-                                      roi_crop_flip=roi_crop_flip).items() if v is not None}
+                                      roi_crop_flip=roi_crop_flip,
+                                      roi_crop_scales=roi_crop_scales).items() if v is not None}
         if crop and self.crop_classifier is None:
             raise ValueError(f"{', '.join(crop)}: this detector has no crop classifier "
                              "(trained with roi_crop_size=0).")
-        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, self.head)
-        self.hparams.update(
-            {k: (float(v) if k == "roi_crop_weight" else bool(v) if k == "roi_crop_flip" else v)
-             for k, v in crop.items()})
+        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, self.head,
+                                 roi_crop_scales)
+        cast = {"roi_crop_weight": float, "roi_crop_flip": bool,
+                "roi_crop_scales": lambda v: tuple(float(f) for f in v)}
+        self.hparams.update({k: cast.get(k, lambda v: v)(v) for k, v in crop.items()})
         if test_time_flip is not None:
             self.hparams["test_time_flip"] = bool(test_time_flip)
         return self
 
     @contextlib.contextmanager
-    def without_test_time_flips(self):
-        """Inside the block `detect` runs without `test_time_flip` and `roi_crop_flip`
-        (training's per-epoch validation score: the flips would double its cost inside
-        the time budget); the options are restored on exit."""
-        saved = {k: self.hparams[k] for k in ("test_time_flip", "roi_crop_flip")}
-        self.hparams.update({"test_time_flip": False, "roi_crop_flip": False})
+    def without_test_time_augmentation(self):
+        """Inside the block `detect` runs without `test_time_flip`, `roi_crop_flip` and
+        `roi_crop_scales` (training's per-epoch validation score: the extra views would
+        multiply its cost inside the time budget); the options are restored on exit."""
+        plain = {"test_time_flip": False, "roi_crop_flip": False, "roi_crop_scales": (1.0,)}
+        saved = {k: self.hparams[k] for k in plain}
+        self.hparams.update(plain)
         try:
             yield self
         finally:
@@ -1163,25 +1185,35 @@ class Detector(keras.Model):
                                         self.image_size, self.strides)
         return {k: 0.5 * (both[k][:batch] + mirrored[k]) for k in mirrored}
 
-    def classify_boxes(self, images, boxes, image_index, training=False, flip=False):
+    def classify_boxes(self, images, boxes, image_index, training=False, flip=False,
+                       scales=(1.0,)):
         """Crop classifier logits `(n, K)` of normalised xyxy `boxes` `(n, 4)` in
         `images[image_index]` (`images` `(B, S, S, 3)` 0..255); needs `roi_crop_size`.
-        `flip`: the mean of the logits of each crop and of its left-right mirror."""
+        `flip`: the mean over each crop and its left-right mirror; `scales`: the mean over
+        the box scaled by each factor about its centre (with `flip`: every combination),
+        all views in one classifier call."""
         from apps.detection import box_ops
 
         if self.crop_classifier is None:
             raise ValueError("this detector has no crop classifier (roi_crop_size=0).")
         if self.hparams["roi_crop_context"] is not None:
             boxes = box_ops.square_context_boxes(boxes, self.hparams["roi_crop_context"])
-        crops = box_ops.crop_boxes(images, boxes, image_index, self.hparams["roi_crop_size"])
+        size = self.hparams["roi_crop_size"]
         # An empty set of boxes (no targets, no detections) runs one zero crop, dropped.
-        crops, n = nonempty_batch(ops.cast(crops, self.compute_dtype))
-        if not flip:
-            return self.crop_classifier(self._normalise(crops), training=training)[:n]
-        both = ops.concatenate([crops, ops.flip(crops, axis=2)], axis=0)  # one classifier call
-        logits = self.crop_classifier(self._normalise(both), training=training)
-        rows = ops.shape(crops)[0]
-        return (0.5 * (logits[:rows] + logits[rows:]))[:n]
+        views = [nonempty_batch(ops.cast(box_ops.crop_boxes(
+            images, boxes if f == 1.0 else box_ops.scale_boxes(boxes, f), image_index, size),
+            self.compute_dtype)) for f in scales]
+        n = views[0][1]
+        crops = views[0][0] if len(views) == 1 else ops.concatenate([v for v, _ in views], 0)
+        if flip:
+            crops = ops.concatenate([crops, ops.flip(crops, axis=2)], axis=0)
+        logits = self.crop_classifier(self._normalise(crops), training=training)
+        views = len(scales) * (2 if flip else 1)
+        if views == 1:
+            return logits[:n]
+        # View-major rows: (flip, scale, box); every view has the same (non-empty) rows.
+        logits = ops.reshape(logits, (views, -1, ops.shape(logits)[-1]))
+        return ops.mean(logits, axis=0)[:n]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         from apps.detection import losses  # the matcher imports scipy; only when training
@@ -1242,7 +1274,8 @@ class Detector(keras.Model):
         return postprocess.rescore_with_crops(
             detections,
             lambda boxes, index: ops.softmax(self.classify_boxes(
-                images, boxes, index, flip=self.hparams["roi_crop_flip"])),
+                images, boxes, index, flip=self.hparams["roi_crop_flip"],
+                scales=self.hparams["roi_crop_scales"])),
             crop_weight=self.hparams["roi_crop_weight"], score_threshold=threshold,
             crop_classes=self.hparams["roi_crop_classes"])
 
@@ -1266,7 +1299,7 @@ class Detector(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("backbone_widths", "roi_crop_widths"):  # JSON turns tuples into lists
+        for key in ("backbone_widths", "roi_crop_widths", "roi_crop_scales"):  # JSON: lists
             if key in config:
                 config[key] = tuple(config[key])
         return cls(**config)

@@ -18,8 +18,8 @@ COLORS = plt.get_cmap("tab10").colors
 class MapCallback(keras.callbacks.Callback):
     """Adds `val_map`, `val_ap50`, `val_ap75` to the logs every `every_n_epochs` epochs and
     after the last one; other epochs carry the last values (so a best-checkpoint callback
-    monitoring `val_map` saves only when it improves). A detector's test-time flips are
-    off for this score (`Detector.without_test_time_flips`)."""
+    monitoring `val_map` saves only when it improves). A detector's test-time
+    augmentation (flips, crop scales) is off for this score (`Detector.without_test_time_augmentation`)."""
 
     def __init__(self, split, class_names, image_size, every_n_epochs=1, limit=None,
                  batch_size=32, max_detections=100, score_threshold=None):
@@ -38,8 +38,8 @@ class MapCallback(keras.callbacks.Callback):
         last_epoch = self.epochs is not None and epoch + 1 >= self.epochs
         stopping = getattr(self.model, "stop_training", False)
         if (epoch + 1) % self.every_n_epochs == 0 or last_epoch or stopping or epoch == 0:
-            # Test-time flips off: this score ranks epochs, at half the cost inside the budget.
-            with self.model.without_test_time_flips():
+            # Test-time augmentation off: this score ranks epochs, at a fraction of the cost.
+            with self.model.without_test_time_augmentation():
                 detections = predict_split(self.model, self.split, self.image_size,
                                            self.batch_size, self.max_detections,
                                            self.score_threshold, self.limit)

@@ -448,6 +448,64 @@ def test_crop_classifier_widths_and_test_time_flip(tmp_path):
         _build("dense", roi_crop_size=16, roi_crop_widths=(8, 0))
 
 
+def test_crop_scales_average_the_logits_of_scaled_boxes(tmp_path):
+    # roi_crop_scales averages each box's logits over the box scaled about its centre by
+    # each factor (with roi_crop_flip: over every scale x flip view); detect() uses them,
+    # `without_test_time_augmentation` turns them off, they survive a .keras round trip;
+    # factors out of range, none, or a detector without a crop classifier are refused.
+    images, _ = _scenes(3)
+    model = _build("dense", seed=4, roi_crop_size=16, roi_crop_widths=(8, 16),
+                   prior_probability=0.3)
+    boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.3, 0.0, 1.0, 0.4]], np.float32)
+    index = tf.constant([0, 2], tf.int32)
+    # The box 1.2x its size about its centre, written out: (0.06, 0.13, 0.54, 0.97) ...
+    grown = np.array([[0.06, 0.13, 0.54, 0.97], [0.23, -0.04, 1.07, 0.44]], np.float32)
+    mirror_images = np.ascontiguousarray(images[:, :, ::-1])
+
+    def mirror(b):
+        return np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], -1)
+
+    views = [model.classify_boxes(ims, bs, index).numpy()
+             for ims, bs in ((images, boxes), (images, grown),
+                             (mirror_images, mirror(boxes)), (mirror_images, mirror(grown)))]
+    assert not np.allclose(views[0], views[1], atol=1e-3)  # the scale changes the crop
+    got = model.classify_boxes(images, boxes, index, scales=(1.0, 1.2)).numpy()
+    np.testing.assert_allclose(got, 0.5 * (views[0] + views[1]), atol=1e-4)
+    both = model.classify_boxes(images, boxes, index, flip=True, scales=(1.0, 1.2)).numpy()
+    np.testing.assert_allclose(both, np.mean(views, axis=0), atol=1e-4)
+    assert model.classify_boxes(images, boxes[:0], index[:0], flip=True,
+                                scales=(0.9, 1.0, 1.2)).shape == (0, K)
+
+    plain = model.detect(images, max_detections=10)
+    model.set_inference_options(roi_crop_scales=[1.0, 1.2])
+    assert model.hparams["roi_crop_scales"] == (1.0, 1.2)
+    scaled = model.detect(images, max_detections=10)
+    n = int(scaled["num_detections"][0])
+    assert n > 0 and not np.allclose(scaled["scores"], plain["scores"], atol=1e-4)
+    probs = keras.ops.softmax(model.classify_boxes(
+        images, scaled["boxes"][0, :n], tf.zeros([n], tf.int32), scales=(1.0, 1.2))).numpy()
+    p = probs[np.arange(n), scaled["classes"][0, :n].numpy()]
+    assert np.all(scaled["scores"][0, :n] <= p ** model.hparams["roi_crop_weight"] + 1e-5)
+    with model.without_test_time_augmentation():
+        np.testing.assert_allclose(model.detect(images, max_detections=10)["scores"],
+                                   plain["scores"], atol=1e-5)
+    assert model.hparams["roi_crop_scales"] == (1.0, 1.2)
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert restored.hparams["roi_crop_scales"] == (1.0, 1.2)
+    np.testing.assert_allclose(restored.detect(images, max_detections=10)["scores"],
+                               scaled["scores"], atol=1e-5)
+    for bad in ((), (1.0, 0.3), (2.5,), "1.2"):
+        with pytest.raises(ValueError, match="roi_crop_scales"):
+            model.set_inference_options(roi_crop_scales=bad)
+    with pytest.raises(ValueError, match="roi_crop_scales"):
+        _build("dense", roi_crop_size=16, roi_crop_scales=(0.1,))
+    with pytest.raises(ValueError, match="no crop classifier"):
+        _build("dense").set_inference_options(roi_crop_scales=(1.0, 1.2))
+
+
 def test_crop_classifier_views():
     # roi_crop_views=3: each training step classifies three differently jittered crops of
     # every target box (labels repeated); evaluation classifies each box once, unjittered.
@@ -590,7 +648,7 @@ def test_test_time_flip_makes_detection_mirror_equivariant(tmp_path):
     # With test_time_flip an image and its mirror get the same detections, mirrored (the
     # head's outputs are averaged over both views); without it they do not. The option
     # can be set after training, survives a .keras round trip and traces with an unknown
-    # batch, is off inside `without_test_time_flips`; the DETR head refuses it.
+    # batch, is off inside `without_test_time_augmentation`; the DETR head refuses it.
     images, _ = _scenes(3)
     mirror_images = np.ascontiguousarray(images[:, :, ::-1])
     model = _build("dense", seed=5, prior_probability=0.3, test_time_flip=True)
@@ -608,7 +666,7 @@ def test_test_time_flip_makes_detection_mirror_equivariant(tmp_path):
     without, flip_without = (plain.detect(x, max_detections=10) for x in (images, mirror_images))
     assert not np.allclose(flip_without["scores"], without["scores"], atol=1e-4, rtol=0)
 
-    with model.without_test_time_flips():  # training's per-epoch score
+    with model.without_test_time_augmentation():  # training's per-epoch score
         np.testing.assert_allclose(model.detect(images, max_detections=10)["scores"],
                                    without["scores"], atol=1e-5)
     assert model.hparams["test_time_flip"]

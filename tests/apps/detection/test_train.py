@@ -152,12 +152,13 @@ def test_predict_evaluate_and_export_clis(run, e2e_scenes, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "apps.detection.evaluate", "--workdir", cfg.workdir,
          "--split", "val", "--out", str(tmp_path / "ev2"), "--roi_crop_classes", "2",
-         "--roi_crop_weight", "0.5", "--test_time_flip", "true"], capture_output=True,
+         "--roi_crop_weight", "0.5", "--test_time_flip", "true", "--roi_crop_scales", "1,1.2"],
+        capture_output=True,
         text=True, env=env, cwd=REPO, timeout=300)
     if cfg.head == "dense":
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "--roi_crop_classes 2" in proc.stdout and "--roi_crop_weight 0.5" in proc.stdout
-        assert "--test_time_flip True" in proc.stdout
+        assert "--test_time_flip True" in proc.stdout and "--roi_crop_scales (1.0, 1.2)" in proc.stdout
         assert (tmp_path / "ev2" / "metrics.json").exists()
     else:
         assert proc.returncode != 0 and "no crop classifier" in proc.stderr, proc.stderr[-3000:]
@@ -214,7 +215,8 @@ def test_config_roi_crop_size(tmp_path):
     with pytest.raises(ValueError, match=r"`roi_crop_size` must be >= 0"):
         Config(**base, roi_crop_size=-1)
     for flag in (dict(roi_crop_flip=True), dict(roi_crop_widths=(8, 16)), dict(roi_crop_views=2),
-                 dict(roi_crop_context=0.1), dict(roi_crop_classes=2)):
+                 dict(roi_crop_context=0.1), dict(roi_crop_classes=2),
+                 dict(roi_crop_scales=(1.0, 1.2))):
         with pytest.raises(ValueError, match=r"add --roi_crop_size"):
             Config(**base, **flag)
     with pytest.raises(ValueError, match=r"`roi_crop_widths` must be positive"):
@@ -226,6 +228,11 @@ def test_config_roi_crop_size(tmp_path):
     cfg = Config(**base, roi_crop_size=16, roi_crop_classes=2)
     assert build_detector("dense", "cnn", 3, 64, **cfg.model_hparams()).hparams[
         "roi_crop_classes"] == 2
+    with pytest.raises(ValueError, match=r"`roi_crop_scales` must be one or more box scale"):
+        Config(**base, roi_crop_size=16, roi_crop_scales=(1.0, 3.0))
+    cfg = Config(**base, roi_crop_size=16, roi_crop_scales=(1.0, 1.2))
+    assert build_detector("dense", "cnn", 3, 64, **cfg.model_hparams()).hparams[
+        "roi_crop_scales"] == (1.0, 1.2)
     with pytest.raises(ValueError, match=r"`roi_crop_context` must be in \[0, 2\]"):
         Config(**base, roi_crop_size=16, roi_crop_context=2.5)
     cfg = Config(**base, roi_crop_size=16, roi_crop_widths=(8, 16), roi_crop_flip=True,
