@@ -26,9 +26,9 @@ from typing import Literal
 from apps.detection.model import (
     BACKBONES,
     CROP_CLASSIFIER_WIDTHS,
-    CROP_SCALE_RANGE,
     HEADS,
     MODEL_HPARAMS,
+    check_inference_options,
     hparam_names,
 )
 from tfattn.training import AppConfig, config_field
@@ -220,11 +220,7 @@ class Config(AppConfig):
             raise ValueError("--roi_crop_widths, --roi_crop_flip, --roi_crop_views, "
                              "--roi_crop_context, --roi_crop_classes and --roi_crop_scales "
                              "configure the crop classifier: add --roi_crop_size N (N > 0).")
-        if self.roi_crop_scales is not None:
-            low, high = CROP_SCALE_RANGE
-            if not self.roi_crop_scales or not all(low <= f <= high for f in self.roi_crop_scales):
-                raise ValueError(f"`roi_crop_scales` must be one or more box scale factors in "
-                                 f"[{low}, {high}]; got {self.roi_crop_scales}.")
+        check_inference_options(roi_crop_scales=self.roi_crop_scales)
         if self.roi_crop_widths is not None and (
                 not self.roi_crop_widths or min(self.roi_crop_widths) < 1):
             raise ValueError(f"`roi_crop_widths` must be positive widths (stem, then each "

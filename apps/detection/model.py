@@ -178,7 +178,7 @@ def mirror_dense_outputs(outputs, image_size, strides=STRIDES):
             "centerness": mirror(outputs["centerness"])}
 
 
-def _check_inference_options(roi_crop_weight=None, roi_crop_classes=None, test_time_flip=None,
+def check_inference_options(roi_crop_weight=None, roi_crop_classes=None, test_time_flip=None,
                              head="dense", roi_crop_scales=None):
     """Raises ValueError for a crop-rescoring weight, class count or crop scale out of
     range, or a test-time flip on a head other than the dense one (None: unset)."""
@@ -1027,7 +1027,7 @@ class Detector(keras.Model):
         if roi_crop_context is not None and not 0.0 <= roi_crop_context <= 2.0:
             raise ValueError(f"`roi_crop_context` must be None or in [0, 2] (a share of the "
                              f"box's longer side); got {roi_crop_context!r}.")
-        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, head,
+        check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, head,
                                  roi_crop_scales)
         if prior_probability is not None and not 0.0 < prior_probability < 1.0:
             raise ValueError(f"`prior_probability` must be in (0, 1) or None; got "
@@ -1154,7 +1154,7 @@ class Detector(keras.Model):
         if crop and self.crop_classifier is None:
             raise ValueError(f"{', '.join(crop)}: this detector has no crop classifier "
                              "(trained with roi_crop_size=0).")
-        _check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, self.head,
+        check_inference_options(roi_crop_weight, roi_crop_classes, test_time_flip, self.head,
                                  roi_crop_scales)
         cast = {"roi_crop_weight": float, "roi_crop_flip": bool,
                 "roi_crop_scales": lambda v: tuple(float(f) for f in v)}
@@ -1200,19 +1200,19 @@ class Detector(keras.Model):
             boxes = box_ops.square_context_boxes(boxes, self.hparams["roi_crop_context"])
         size = self.hparams["roi_crop_size"]
         # An empty set of boxes (no targets, no detections) runs one zero crop, dropped.
-        views = [nonempty_batch(ops.cast(box_ops.crop_boxes(
+        per_scale = [nonempty_batch(ops.cast(box_ops.crop_boxes(
             images, boxes if f == 1.0 else box_ops.scale_boxes(boxes, f), image_index, size),
             self.compute_dtype)) for f in scales]
-        n = views[0][1]
-        crops = views[0][0] if len(views) == 1 else ops.concatenate([v for v, _ in views], 0)
+        n = per_scale[0][1]
+        crops = ops.concatenate([c for c, _ in per_scale], axis=0)
         if flip:
             crops = ops.concatenate([crops, ops.flip(crops, axis=2)], axis=0)
         logits = self.crop_classifier(self._normalise(crops), training=training)
-        views = len(scales) * (2 if flip else 1)
-        if views == 1:
+        num_views = len(scales) * (2 if flip else 1)
+        if num_views == 1:
             return logits[:n]
         # View-major rows: (flip, scale, box); every view has the same (non-empty) rows.
-        logits = ops.reshape(logits, (views, -1, ops.shape(logits)[-1]))
+        logits = ops.reshape(logits, (num_views, -1, ops.shape(logits)[-1]))
         return ops.mean(logits, axis=0)[:n]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
